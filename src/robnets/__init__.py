@@ -1,0 +1,9 @@
+"""robnets: adversarially robust neural architectures (RobNets, Guo et al. CVPR 2020, and beyond)."""
+
+from .errors import RobnetsError
+from .models import Genotype, RobNet, create_model, list_models, model_info, register_model
+
+__version__ = "0.1.0"
+
+__all__ = ["Genotype", "RobNet", "RobnetsError", "create_model", "list_models", "model_info",
+           "register_model", "__version__"]

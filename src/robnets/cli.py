@@ -1,0 +1,275 @@
+"""Command-line interface: ``robnets eval | demo | list-models | info`` and the original ``main.py`` flags.
+
+Every user-fixable problem ends in one line, ``robnets: error: <what is wrong and how to fix it>``,
+with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from .errors import RobnetsError
+
+DEMO_N = 500
+DEMO_N_ATTACK = 40
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    if not demo:
+        parser.add_argument("--config", "-c", help="YAML config or original-style experiments/<name>/config.py")
+        parser.add_argument("--model", help="registered model name (overrides the config's model.name)")
+        parser.add_argument("--checkpoint", help="weights: original .pth.tar, plain state dict or .safetensors")
+        parser.add_argument("--untrained", action="store_true", help="evaluate random weights (no checkpoint)")
+        parser.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet or cifar10-sample")
+        parser.add_argument("--sample", action="store_true",
+                            help="use the CIFAR-10 test sample embedded in the package (500 images)")
+        parser.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config, then ./data)")
+        parser.add_argument("--download", action="store_true", help="download the dataset with torchvision")
+    parser.add_argument("--attacks", help="comma-separated: clean,fgsm,pgd20,pgd100,pgdl2-20,mifgsm")
+    parser.add_argument("--n", type=int, help="evaluate the first N test images")
+    parser.add_argument("--n-attack", type=int, help="attack only the first N of them (each result states n)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (fp32 default)")
+    parser.add_argument("--output-dir", help="run folder for results.json, results.md, config.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override, e.g. --set attack.steps=100 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="robnets", description="Adversarially robust neural architectures.")
+    parser.add_argument("--version", action="version", version=f"robnets {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_eval = sub.add_parser("eval", help="clean and adversarial accuracy of a model")
+    _add_eval_arguments(p_eval)
+
+    p_demo = sub.add_parser("demo", help="evaluate robnet_free on the embedded CIFAR-10 sample (the main job)")
+    _add_eval_arguments(p_demo, demo=True)
+
+    p_list = sub.add_parser("list-models", help="registered model names")
+    p_list.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'robnet_*'")
+
+    p_info = sub.add_parser("info", help="parameters, FLOPs per image and genotype of a model")
+    p_info.add_argument("name")
+    p_info.add_argument("--arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                        help="constructor override, e.g. --arg C=48 --arg imagenet_stem=true")
+    p_info.add_argument("--codes", action="store_true", help="also print the original 2-bit code lists")
+    p_info.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    """CLI flags as dotted config overrides (applied after --set ones, so flags win)."""
+    out = list(args.overrides)
+    if getattr(args, "model", None):
+        out.append(f"model.name={args.model}")
+    if getattr(args, "sample", False):
+        out.append("data.dataset=cifar10-sample")
+    elif getattr(args, "dataset", None):
+        out.append(f"data.dataset={args.dataset}")
+    if args.attacks:
+        out.append(f"eval.attacks={args.attacks}")
+    if args.n is not None:
+        out.append(f"eval.n={args.n}")
+    if args.batch_size is not None:
+        out.append(f"eval.batch_size={args.batch_size}")
+    if args.device:
+        out.append(f"eval.device={args.device}")
+    if args.bf16:
+        out.append("eval.precision=bf16")
+    return out
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    for flag in ("n", "n_attack", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise RobnetsError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _print_run(run, out=sys.stdout) -> None:  # noqa: ANN001
+    print("", file=out)
+    print(run.table(), file=out)
+    print(f"\nweights: {run.meta['weights']}", file=out)
+    print(f"results: {run.files['json']}  table: {run.files['markdown']}  config: {run.files['config']}", file=out)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .evaluation.pipeline import run_evaluation
+
+    _check_counts(args)
+    config = load_config(args.config, _eval_overrides(args))
+    if args.config is None and not args.model:
+        config.name = "cli"
+    run = run_evaluation(config, checkpoint=args.checkpoint, untrained=args.untrained, data_dir=args.data_dir,
+                         download=args.download, output_dir=args.output_dir, n_attack=args.n_attack,
+                         progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    _print_run(run)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: robnet_free on the embedded CIFAR-10 sample, clean and PGD-20."""
+    from .config import load_config
+    from .evaluation.pipeline import run_evaluation
+    from .models.pretrained import find_shipped_weights
+
+    _check_counts(args)
+    weights = find_shipped_weights("robnet_free", "cifar10")
+    base = ["name=demo", "model.name=robnet_free", "data.dataset=cifar10-sample", "eval.attacks=clean,pgd20",
+            f"eval.n={DEMO_N}", "eval.batch_size=50", "output_dir=./runs"]
+    config = load_config(None, base + _eval_overrides(args))
+    if weights is None:
+        print("==> No trained robnet_free weights ship with this version yet: the weights are UNTRAINED "
+              "(random), so both accuracies are near chance. This run shows the pipeline, not robustness.",
+              file=sys.stderr)
+    n_attack = args.n_attack if args.n_attack is not None else DEMO_N_ATTACK
+    run = run_evaluation(config, checkpoint=weights, untrained=weights is None, output_dir=args.output_dir,
+                         n_attack=n_attack, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    _print_run(run)
+    return 0
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from .models import list_models, model_info
+
+    names = list_models(args.pattern)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        print(f"{name.ljust(width)}  {model_info(name).description}")
+    return 0
+
+
+def _parse_model_args(pairs: Sequence[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RobnetsError(f"--arg {pair!r} must look like KEY=VALUE, e.g. --arg C=48")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .models import create_model, model_info
+    from .models.flops import flops_per_image
+
+    info = model_info(args.name)
+    model = create_model(args.name, **_parse_model_args(args.model_args))
+    config = getattr(model, "config", {})
+    size = (3, 224, 224) if config.get("imagenet_stem") else info.input_size
+    params = sum(p.numel() for p in model.parameters())
+    flops = flops_per_image(model, size)
+    genotype = getattr(model, "genotype", None)
+    data = {"name": args.name, "description": info.description, "parameters": params,
+            "flops_per_image": flops, "input_size": list(size), "arguments": config,
+            "genotype": str(genotype) if genotype is not None else None,
+            "density": round(genotype.density(), 4) if genotype is not None else None,
+            "published": info.published, "paper": info.paper}
+    if args.codes and genotype is not None:
+        data["codes"] = genotype.to_codes()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{args.name}: {info.description}")
+    print(f"  parameters      {params:,}")
+    print(f"  FLOPs / image   {flops / 1e9:.3f} G (forward, {size[1]}x{size[2]} input)")
+    print(f"  arguments       {', '.join(f'{k}={v}' for k, v in config.items() if v is not None)}")
+    if genotype is not None:
+        kind = "shared cell" if genotype.is_shared else f"cell-free, {len(genotype.cells)} cells"
+        print(f"  genotype        ({kind}, density {genotype.density():.3f})")
+        print(f"    {genotype}")
+    if info.published:
+        print(f"  published       {', '.join(f'{k} {v}%' for k, v in info.published.items())} ({info.paper})")
+    if args.codes and genotype is not None:
+        print(f"  2-bit codes     {json.dumps(genotype.to_codes())}")
+    return 0
+
+
+COMMANDS = {"eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "info": cmd_info}
+
+
+def run_guarded(fn, *args) -> int:  # noqa: ANN001
+    """Run a command; user errors become one line on stderr and exit status 2."""
+    try:
+        return fn(*args)
+    except RobnetsError as exc:
+        print(f"robnets: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robnets: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(COMMANDS[args.command], args)
+
+
+# ------------------------------------------------------------------------------ original main.py flags
+def build_original_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="RobNets original command line (python main.py --config ... --eval_only)")
+    parser.add_argument("--config", "-c", default="./experiments/RobNet_free_cifar10/config.py",
+                        help="location of the config file")
+    parser.add_argument("--eval_only", action="store_true", help="only evaluate (clean and PGD)")
+    parser.add_argument("--distributed", action="store_true", help="distributed run (torchrun or slurm)")
+    parser.add_argument("--checkpoint", help="weights to evaluate instead of the config's resume_path")
+    parser.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config's data_root)")
+    parser.add_argument("--n", type=int, help="evaluate only the first N test images")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _original(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .evaluation.pipeline import run_evaluation
+
+    if not args.eval_only:
+        raise RobnetsError("training (main.py without --eval_only) is not available in this version yet; "
+                           "add --eval_only to evaluate")
+    if args.distributed:
+        raise RobnetsError("--distributed evaluation is not available in this version yet; drop --distributed")
+    overrides = list(args.overrides)
+    if args.n is not None:
+        overrides.append(f"eval.n={args.n}")
+    if args.device:
+        overrides.append(f"eval.device={args.device}")
+    config = load_config(args.config, overrides)
+    attack = "clean" if not config.attack.enabled else f"pgd{config.attack.steps}"
+    config.eval.attacks = ["clean", attack] if attack != "clean" else ["clean"]
+    checkpoint = args.checkpoint or config.checkpoint.path
+    if checkpoint is None:
+        raise RobnetsError(f"{args.config} sets no resume_path for the eval_only mode; pass --checkpoint PATH")
+    print("==> Building model..")
+    print(f"==> Resuming from checkpoint {checkpoint}..")
+    print("==> Preparing data..")
+    run = run_evaluation(config, checkpoint=checkpoint, data_dir=args.data_dir, progress=True,
+                         log=lambda m: print(m))
+    for result in run.results:
+        what = "Clean Data" if result.attack == "clean" else f"Adversarial Data ({result.attack})"
+        print(f"==> Testing on {what}..")
+        print(f" * Prec@1 {result.accuracy:.3f}  (n={result.n}, {result.seconds:.1f} s)")
+    _print_run(run)
+    return 0
+
+
+def original_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the repository's ``main.py`` (the original RobNets command line)."""
+    return run_guarded(_original, build_original_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""In-memory image datasets: uint8 NHWC arrays in, float NCHW tensors in [0, 1] out (never normalized)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+
+class ImageArrayDataset(Dataset):
+    """Images held as one uint8 (N, H, W, C) tensor with int64 labels.
+
+    Indexing returns ``(float CHW image in [0, 1], label)``; :meth:`batch` slices many at once without
+    per-sample Python work, which is what evaluation uses.
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                 num_classes: int, name: str = "") -> None:
+        images = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+        labels = torch.as_tensor(np.asarray(labels).astype(np.int64).reshape(-1)
+                                 if isinstance(labels, np.ndarray) else labels).long().reshape(-1)
+        where = f" in {name}" if name else ""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] not in (1, 3):
+            raise DataError(f"images{where} must be uint8 with shape (N, H, W, 3), got {images.dtype} "
+                            f"{tuple(images.shape)}")
+        if labels.shape[0] != images.shape[0]:
+            raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels{where}")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(f"labels{where} must lie in [0, {num_classes - 1}], found "
+                            f"{labels.min().item()}..{labels.max().item()}")
+        self.images = images
+        self.labels = labels
+        self.num_classes = num_classes
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index].permute(2, 0, 1).float().div_(255.0)
+        return image, int(self.labels[index])
+
+    def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``start:stop`` as a float (B, C, H, W) batch in [0, 1] and their labels."""
+        images = self.images[start:stop].permute(0, 3, 1, 2).float().div_(255.0)
+        return images.contiguous(), self.labels[start:stop].clone()
+
+    def subset(self, n: int) -> ImageArrayDataset:
+        """The first ``n`` examples (all when n exceeds the size)."""
+        return ImageArrayDataset(self.images[:n], self.labels[:n], num_classes=self.num_classes, name=self.name)

@@ -1,0 +1,152 @@
+"""From a resolved config to result files: build the model, load weights, load data, attack, report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import create_attack
+from ..config import Config, save_config
+from ..data import DATASETS, load_dataset, resolve_data_root
+from ..errors import RobnetsError
+from ..io import sha256_file
+from ..models import create_model
+from ..models.checkpoint import load_weights, read_checkpoint
+from ..models.registry import model_info
+from .report import results_table, write_results
+from ..runtime import resolve_device
+from .runner import AttackResult, evaluate
+
+
+@dataclass
+class EvaluationRun:
+    results: list[AttackResult]
+    folder: Path
+    files: dict[str, Path]
+    meta: dict[str, Any]
+
+    def table(self) -> str:
+        return results_table(self.results)
+
+
+def build_model(config: Config) -> nn.Module:
+    """The model the config describes, with untrained weights (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    return create_model(config.model.name, **config.model.model_kwargs())
+
+
+def load_checkpoint_into(model: nn.Module, path: str | Path, model_name: str) -> str:
+    """Load weights strictly; return a provenance string (path and sha256)."""
+    loaded = read_checkpoint(path)
+    arch = loaded.metadata.get("architecture")
+    genotype = getattr(model, "genotype", None)
+    if arch and genotype is not None and arch != str(genotype):
+        raise RobnetsError(f"checkpoint {path} holds architecture {arch[:40]}..., not the configured "
+                           f"{model_name}; fix model.name/genotype or the checkpoint")
+    load_weights(model, loaded, model_name=model_name, source=f"checkpoint {path}")
+    return f"{path} (sha256 {sha256_file(path)[:16]}, {loaded.source_format} format)"
+
+
+def attack_set(config: Config, model: nn.Module) -> dict[str, Any]:
+    """Attacks named in ``config.eval.attacks``, parameterized by ``config.attack``."""
+    attacks = {}
+    for spec in config.eval.attacks:
+        name = spec.strip().lower()
+        if not config.attack.enabled and name != "clean":
+            continue
+        attacks[name] = create_attack(
+            name, model, eps=config.attack.eps, alpha=config.attack.step_size, steps=config.attack.steps,
+            random_start=config.attack.random_start, l2_eps=config.attack.l2_eps,
+            l2_alpha=config.attack.l2_step_size, precision=config.eval.precision, seed=config.eval.attack_seed,
+        )
+    if not attacks:
+        raise RobnetsError("no attacks to run: give --attacks (e.g. clean,pgd20)")
+    return attacks
+
+
+def default_run_folder(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(config.output_dir) / f"eval-{config.name}-{config.model.name}-{stamp}"
+
+
+def run_evaluation(
+    config: Config,
+    *,
+    checkpoint: str | Path | None = None,
+    untrained: bool = False,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    output_dir: str | Path | None = None,
+    n_attack: int | None = None,
+    progress: bool = True,
+    log=print,  # noqa: ANN001
+) -> EvaluationRun:
+    """Evaluate the configured model; write results.json, results.md and config.yaml into a run folder."""
+    device = resolve_device(config.eval.device)
+    model = build_model(config)
+    checkpoint = checkpoint or config.checkpoint.path
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file() and not untrained:
+            raise RobnetsError(
+                f"checkpoint {checkpoint} not found (the original RobNets download link is dead); pass "
+                f"--checkpoint PATH to your weights, or --untrained to evaluate random weights"
+            )
+    if checkpoint is not None and Path(checkpoint).is_file():
+        weights = load_checkpoint_into(model, checkpoint, config.model.name)
+        log(f"==> Loaded weights from {weights}")
+    elif untrained:
+        weights = f"UNTRAINED (random initialization, seed {config.seed})"
+        log(f"==> NOTE: the weights are UNTRAINED (random initialization, seed {config.seed}); "
+            f"accuracies will be near chance")
+    else:
+        raise RobnetsError("no weights to evaluate: pass --checkpoint PATH (or set checkpoint.path in the "
+                           "config), or --untrained for random weights")
+    model.to(device).eval()
+
+    dataset_name = config.data.dataset
+    info = DATASETS[dataset_name]
+    root = resolve_data_root(data_dir, config.data.root)
+    dataset = load_dataset(dataset_name, "test", root, download=download, resize_size=config.data.resize_size,
+                           crop_size=config.data.input_size)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is not None and num_classes != info.num_classes:
+        raise RobnetsError(f"{dataset_name} has {info.num_classes} classes but the model has {num_classes} "
+                           f"outputs; set model.num_classes={info.num_classes}")
+    imagenet_stem = bool(getattr(model, "config", {}).get("imagenet_stem"))
+    if imagenet_stem != (info.image_size == 224):
+        raise RobnetsError(f"{dataset_name} images are {info.image_size}px but the model "
+                           f"{'has' if imagenet_stem else 'lacks'} the ImageNet stem; set "
+                           f"model.imagenet_stem={str(info.image_size == 224).lower()}")
+
+    attacks = attack_set(config, model)
+    batch_size = config.eval.batch_size or config.data.batch_size
+    folder = Path(output_dir) if output_dir else default_run_folder(config)
+    log(f"==> Evaluating {config.model.name} on {dataset_name} ({len(dataset)} images; n={config.eval.n or 'all'}) "
+        f"on {device}, {config.eval.precision}, batch {batch_size}")
+    results = evaluate(model, dataset, attacks, device=device, batch_size=batch_size, n=config.eval.n,
+                       n_attack=n_attack, precision=config.eval.precision,
+                       num_workers=config.data.num_workers if dataset_name == "imagenet" else 0, progress=progress)
+    spec = model_info(config.model.name)
+    meta = {
+        "model": config.model.name,
+        "architecture": str(getattr(model, "genotype", "")),
+        "model_args": getattr(model, "config", {}),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dataset": dataset_name,
+        "weights": weights,
+        "threat_model": config.attack.norm,
+        "eps": config.attack.eps,
+        "device": str(device),
+        "precision": config.eval.precision,
+        "seed": config.seed,
+        "published": spec.published,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    files = write_results(results, folder, meta)
+    files["config"] = save_config(config, folder / "config.yaml")
+    return EvaluationRun(results, folder, files, meta)

@@ -1,0 +1,51 @@
+"""Result files: JSON for machines, a markdown table for people."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io import write_json_atomic, write_text_atomic
+from .runner import AttackResult
+
+
+def results_table(results: Sequence[AttackResult]) -> str:
+    """A markdown table: attack, accuracy, n, seconds, images/s."""
+    rows = [("attack", "accuracy (%)", "n", "seconds", "images/s")]
+    for r in results:
+        rows.append((r.attack, f"{r.accuracy:.2f}", str(r.n), f"{r.seconds:.1f}", f"{r.images_per_s:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("| " + " | ".join(cells) + " |")
+        if k == 0:
+            lines.append("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
+                                        for i, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_results(results: Sequence[AttackResult], folder: str | Path, meta: dict[str, Any]) -> dict[str, Path]:
+    """Write ``results.json`` and ``results.md`` into ``folder``; return their paths."""
+    folder = Path(folder)
+    payload = {**meta, "environment": environment(), "results": [r.to_dict() for r in results]}
+    json_path, md_path = folder / "results.json", folder / "results.md"
+    write_json_atomic(json_path, payload)
+    header = [f"# Evaluation: {meta.get('model', '?')} on {meta.get('dataset', '?')}", ""]
+    for key in ("weights", "checkpoint", "threat_model", "eps", "device", "precision"):
+        if meta.get(key) is not None:
+            header.append(f"- {key}: {meta[key]}")
+    write_text_atomic(md_path, "\n".join(header + ["", results_table(results), ""]))
+    return {"json": json_path, "markdown": md_path}

@@ -1,0 +1,105 @@
+"""Clean and adversarial accuracy of a model on a dataset, attack by attack, with timing and progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..attacks import Attack
+from ..runtime import autocast_context, check_precision, eval_mode
+from ..data.arrays import ImageArrayDataset
+from ..errors import RobnetsError
+
+
+@dataclass
+class AttackResult:
+    """Accuracy of the model under one attack (``attack='clean'`` for no attack)."""
+
+    attack: str
+    correct: int
+    n: int
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy in percent."""
+        return 100.0 * self.correct / self.n if self.n else float("nan")
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "accuracy": round(self.accuracy, 4), "images_per_s": round(self.images_per_s, 3)}
+
+
+def iterate_batches(dataset: Dataset, batch_size: int, n: int | None = None,
+                    num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of the first ``n`` examples, in order (fast path for in-memory arrays)."""
+    total = len(dataset) if n is None else min(n, len(dataset))
+    if isinstance(dataset, ImageArrayDataset):
+        for start in range(0, total, batch_size):
+            yield dataset.batch(start, min(start + batch_size, total))
+        return
+    subset = torch.utils.data.Subset(dataset, range(total))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for images, labels in loader:
+        yield images, labels.long()
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    attacks: Mapping[str, Attack | None],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+    n: int | None = None,
+    n_attack: int | None = None,
+    precision: str = "fp32",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[AttackResult]:
+    """Accuracy under each attack (``None`` = clean) on the first ``n`` examples, in order.
+
+    ``n_attack`` limits the attacked examples (attacks cost many forward/backward passes); every
+    result records its own ``n``. The model runs in eval mode and its mode is restored afterwards.
+    """
+    device = torch.device(device)
+    check_precision(precision)
+    if batch_size < 1:
+        raise RobnetsError(f"batch size must be at least 1, got {batch_size}")
+    total = len(dataset) if n is None else min(n, len(dataset))
+    if total < 1:
+        raise RobnetsError("nothing to evaluate: the dataset (or --n) gives no examples")
+    results = []
+    with eval_mode(model):
+        for name, attack in attacks.items():
+            count = total if attack is None or n_attack is None else min(total, n_attack)
+            correct, start = 0, time.perf_counter()
+            bar = tqdm(total=count, desc=f"{name:>10}", unit="img", disable=not progress, leave=True,
+                       dynamic_ncols=True)
+            with bar:
+                for images, labels in iterate_batches(dataset, batch_size, count, num_workers):
+                    images, labels = images.to(device), labels.to(device)
+                    if attack is not None:
+                        images = attack(images, labels)
+                    with torch.no_grad(), autocast_context(device, precision):
+                        logits = model(images)
+                    batch_correct = int((logits.argmax(dim=1) == labels).sum())
+                    correct += batch_correct
+                    bar.update(labels.shape[0])
+                    bar.set_postfix(acc=f"{100.0 * correct / max(bar.n, 1):.2f}%")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            settings = attack.describe() if attack is not None else {"precision": precision}
+            results.append(AttackResult(name, correct, count, time.perf_counter() - start, settings))
+    return results

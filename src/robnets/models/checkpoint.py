@@ -1,0 +1,311 @@
+"""Reading and writing model weights.
+
+Accepted inputs:
+
+* checkpoints of the original RobNets code (``.pth.tar``: a dict with ``state_dict``, keys maybe prefixed
+  ``module.`` by DistributedDataParallel, maybe holding pickled optimizer/scheduler objects);
+* plain state dicts saved with ``torch.save``;
+* this project's safetensors files (weights + metadata: architecture string, model arguments, dataset,
+  threat model, eps).
+
+Nothing is unpickled unsafely: torch files are read with ``torch.load(weights_only=True)``. Objects of
+classes a checkpoint references but that have no business in a weights file (the original saved its
+``lr_scheduler.CosineLRScheduler`` object) are replaced by inert placeholders: their modules are never
+imported and none of their code runs; only tensors are kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, RobnetsError
+from ..io import atomic_path
+
+SAFETENSORS_FORMAT = "robnets"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+class OpaqueObject:
+    """Inert stand-in for a pickled object of a class we refuse to import; keeps its raw state as data."""
+
+    _original_class = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<opaque {self._original_class}>"
+
+
+def _plain_dict(*_args: Any, **_kwargs: Any) -> dict:
+    """Stand-in for ``collections.defaultdict``: its items are loaded into a plain dict."""
+    return {}
+
+
+def _placeholder_for(name: str) -> Any:
+    if name == "collections.defaultdict":
+        return (_plain_dict, name)
+    if name == "builtins.dict":
+        return dict
+    if name == "collections.OrderedDict":
+        return collections.OrderedDict
+    cls = type("Opaque_" + re.sub(r"\W", "_", name), (OpaqueObject,), {"_original_class": name})
+    return (cls, name)
+
+
+def _torch_load_weights_only(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with inert placeholders for foreign classes."""
+    names: list[str] = []
+    if zipfile.is_zipfile(path):
+        try:
+            names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except Exception:  # noqa: BLE001 - fall back to discovering names one error at a time
+            names = []
+    for _ in range(32):
+        placeholders = [_placeholder_for(n) for n in names]
+        try:
+            with torch.serialization.safe_globals(placeholders):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises several types for unreadable files
+            match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            if match and match.group(1) not in names:
+                names.append(match.group(1))
+                continue
+            reason = str(exc).strip().splitlines()
+            detail = next((line for line in reason if "error" in line.lower() and line.strip()), reason[0] if reason else "")
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: not a valid PyTorch or safetensors file "
+                f"({type(exc).__name__}: {detail[:160]}); is it truncated or corrupt?"
+            ) from None
+    raise CheckpointError(f"cannot read checkpoint {path}: it references too many foreign classes")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Weights from any supported checkpoint, with what else the file said about them."""
+
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    source_format: str = "state_dict"  # 'original', 'state_dict' or 'safetensors'
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. epoch, best_acc of original checkpoints
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _WRAPPER_PREFIXES:
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+    """Read weights (and metadata) from an original, plain or safetensors checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; check the path (--checkpoint PATH)")
+    if _is_safetensors(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                state_dict = {k: handle.get_tensor(k) for k in handle.keys()}
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"cannot read safetensors file {path}: {exc}; is it truncated?") from None
+        return LoadedCheckpoint(state_dict, metadata, "safetensors")
+
+    obj = _torch_load_weights_only(path)
+    extras: dict[str, Any] = {}
+    source_format = "state_dict"
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        key = next((k for k in _STATE_DICT_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            raise CheckpointError(
+                f"checkpoint {path} holds no weights: expected a state dict or a dict with 'state_dict', "
+                f"found keys {sorted(map(str, obj))[:8]}"
+            )
+        extras = {k: v for k, v in obj.items() if isinstance(v, (int, float, str, bool))}
+        obj = obj[key]
+        source_format = "original"
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors (found {type(obj).__name__})")
+    return LoadedCheckpoint(_strip_wrapper_prefixes(dict(obj)), {}, source_format, extras)
+
+
+def _fmt_shape(shape: Any) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def check_state_dict_matches(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
+                             model_name: str = "") -> None:
+    """Raise one clear CheckpointError naming the first mismatching keys and shapes, if any."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong_shape = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if not (missing or unexpected or wrong_shape):
+        return
+    parts = []
+    for k in wrong_shape[:3]:
+        parts.append(f"{k} is {_fmt_shape(state_dict[k].shape)} in the checkpoint but {_fmt_shape(own[k].shape)} "
+                     f"in the model")
+    if missing:
+        parts.append(f"missing from the checkpoint: {', '.join(missing[:3])}")
+    if unexpected:
+        parts.append(f"not in the model: {', '.join(unexpected[:3])}")
+    counts = f"{len(wrong_shape)} shape mismatches, {len(missing)} missing, {len(unexpected)} unexpected keys"
+    hint = "check the architecture and its arguments (C, layers, num_classes, share, imagenet_stem)"
+    if wrong_shape and all(k.startswith("classifier.") for k in wrong_shape) and not (missing or unexpected):
+        hint = (f"the classifier has {state_dict['classifier.weight'].shape[0]} outputs in the checkpoint; "
+                f"set num_classes to match")
+    name = f" {model_name}" if model_name else ""
+    raise CheckpointError(f"{source} does not match model{name}: {'; '.join(parts)} ({counts}); {hint}")
+
+
+def load_weights(model: nn.Module, checkpoint: str | os.PathLike | LoadedCheckpoint, model_name: str = "",
+                 source: str | None = None) -> LoadedCheckpoint:
+    """Load a checkpoint into ``model`` with strict key and shape matching; returns what was read."""
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else read_checkpoint(checkpoint)
+    if source is None:
+        source = "checkpoint" if isinstance(checkpoint, LoadedCheckpoint) else f"checkpoint {checkpoint}"
+    check_state_dict_matches(model, loaded.state_dict, source, model_name)
+    model.load_state_dict(loaded.state_dict, strict=True)
+    return loaded
+
+
+def model_spec(model: nn.Module) -> dict[str, str]:
+    """Architecture metadata for a RobNet-like model (genotype string and constructor arguments)."""
+    spec: dict[str, str] = {}
+    genotype = getattr(model, "genotype", None)
+    if genotype is not None:
+        spec["architecture"] = str(genotype)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        spec["model_args"] = json.dumps(config, sort_keys=True)
+    name = getattr(model, "registry_name", None)
+    if name:
+        spec["model"] = name
+    return spec
+
+
+def save_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    dataset: str | None = None,
+    threat_model: str | None = None,
+    eps: float | None = None,
+    dtype: torch.dtype | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model's weights as safetensors with metadata, atomically.
+
+    ``dtype=torch.float16`` halves the file (floating tensors only); loading casts back to the model dtype.
+    """
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    path = Path(path)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[key] = tensor.contiguous().clone()
+    metadata = {"format": SAFETENSORS_FORMAT, "robnets_version": __version__, **model_spec(model)}
+    if model_name:
+        metadata["model"] = model_name
+    for key, value in (("dataset", dataset), ("threat_model", threat_model), ("eps", eps)):
+        if value is not None:
+            metadata[key] = repr(float(value)) if key == "eps" else str(value)
+    for key, value in (extra_metadata or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return path
+
+
+def _model_from_metadata(metadata: dict[str, str], source: str) -> nn.Module:
+    from .registry import create_model, model_info
+
+    arch = metadata.get("architecture")
+    name = metadata.get("model")
+    try:
+        args = json.loads(metadata.get("model_args", "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{source}: metadata 'model_args' is not valid JSON") from None
+    if name is None and arch is None:
+        raise CheckpointError(
+            f"{source} carries no architecture metadata; pass the model, e.g. "
+            f"load_model(path, 'robnet_free', C=36) or --model robnet_free"
+        )
+    if name:
+        info = model_info(name)
+        if arch is None or info.genotype is None or str(info.genotype) == arch:
+            return create_model(name, **args)
+    return create_model("robnet", genotype=arch, **args)
+
+
+def load_model(
+    checkpoint: str | os.PathLike,
+    model: str | nn.Module | None = None,
+    **model_kwargs: Any,
+) -> nn.Module:
+    """Build (or take) a model and load a checkpoint into it, strictly; returns it in eval mode.
+
+    ``model`` may be a registered name (``'robnet_free'``) with constructor overrides in ``model_kwargs``
+    (original names such as ``AdPoolSize`` work too), an ``nn.Module``, or ``None`` for a safetensors file
+    of this project, whose metadata names the architecture.
+    """
+    from .registry import create_model
+
+    loaded = read_checkpoint(checkpoint)
+    source = f"checkpoint {checkpoint}"
+    if isinstance(model, nn.Module):
+        net, name = model, type(model).__name__
+    elif isinstance(model, str):
+        net, name = create_model(model, **model_kwargs), model
+    elif model is None:
+        if loaded.source_format != "safetensors":
+            raise CheckpointError(
+                f"{source} is a {loaded.source_format} checkpoint without architecture metadata; name the "
+                f"model, e.g. load_model(path, 'robnet_free', **model_param)"
+            )
+        net = _model_from_metadata(loaded.metadata, source)
+        name = loaded.metadata.get("model", "robnet")
+    else:
+        raise RobnetsError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
+    arch = loaded.metadata.get("architecture")
+    genotype = getattr(net, "genotype", None)
+    if arch and genotype is not None and str(genotype) != arch:
+        raise CheckpointError(
+            f"{source} was saved for architecture {arch[:40]}... but the model is {str(genotype)[:40]}...; "
+            f"load it without naming a model to rebuild the saved architecture"
+        )
+    load_weights(net, loaded, model_name=name, source=source)
+    net.checkpoint_metadata = dict(loaded.metadata)  # type: ignore[attr-defined]
+    return net.eval()
