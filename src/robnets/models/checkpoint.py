@@ -83,6 +83,11 @@ def _torch_load_weights_only(path: Path) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises several types for unreadable files
             match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            if match and "is blocked" in str(exc):
+                raise CheckpointError(
+                    f"refusing to load checkpoint {path}: it references {match.group(1)}, which could run code "
+                    f"and has no place in a weights file; re-save only its state_dict from a trusted source"
+                ) from None
             if match and match.group(1) not in names:
                 names.append(match.group(1))
                 continue
@@ -265,8 +270,10 @@ def _model_from_metadata(metadata: dict[str, str], source: str) -> nn.Module:
         )
     if name:
         info = model_info(name)
-        if arch is None or info.genotype is None or str(info.genotype) == arch:
+        if info.genotype is not None and (arch is None or str(info.genotype) == arch):
             return create_model(name, **args)
+    if arch is None:
+        return create_model(name, **args)
     return create_model("robnet", genotype=arch, **args)
 
 
