@@ -97,7 +97,8 @@ def _check_counts(args: argparse.Namespace) -> None:
             raise RobnetsError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
 
 
-def _print_run(run, out=sys.stdout) -> None:  # noqa: ANN001
+def _print_run(run, out=None) -> None:  # noqa: ANN001
+    out = out or sys.stdout
     print("", file=out)
     print(run.table(), file=out)
     print(f"\nweights: {run.meta['weights']}", file=out)

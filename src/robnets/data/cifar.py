@@ -24,10 +24,20 @@ _NUMPY_GLOBALS = {
 }
 
 
+def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for ``bytes`` (latin-1 only)."""
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r} in a data file")
+    return text.encode("latin1")
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except numpy array reconstruction."""
+    """Unpickler that refuses every global except numpy array reconstruction (and the latin-1 encoding of
+    ``bytes`` that Python 3 writes into protocol-2 pickles)."""
 
     def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) in _NUMPY_GLOBALS:
             if module == "numpy.core.multiarray":  # old pickles name numpy's private module by its old path
                 module = "numpy._core.multiarray" if hasattr(np, "_core") else module

@@ -98,11 +98,11 @@ def run_evaluation(
             )
     if checkpoint is not None and Path(checkpoint).is_file():
         weights = load_checkpoint_into(model, checkpoint, config.model.name)
-        log(f"==> Loaded weights from {weights}")
+        note = f"==> Loaded weights from {weights}"
     elif untrained:
         weights = f"UNTRAINED (random initialization, seed {config.seed})"
-        log(f"==> NOTE: the weights are UNTRAINED (random initialization, seed {config.seed}); "
-            f"accuracies will be near chance")
+        note = (f"==> NOTE: the weights are UNTRAINED (random initialization, seed {config.seed}); "
+                f"accuracies will be near chance")
     else:
         raise RobnetsError("no weights to evaluate: pass --checkpoint PATH (or set checkpoint.path in the "
                            "config), or --untrained for random weights")
@@ -124,6 +124,7 @@ def run_evaluation(
                            f"model.imagenet_stem={str(info.image_size == 224).lower()}")
 
     attacks = attack_set(config, model)
+    log(note)
     batch_size = config.eval.batch_size or config.data.batch_size
     folder = Path(output_dir) if output_dir else default_run_folder(config)
     log(f"==> Evaluating {config.model.name} on {dataset_name} ({len(dataset)} images; n={config.eval.n or 'all'}) "

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job on a fresh clone: install into .venv, then evaluate robnet_free on the CIFAR-10 test
+# sample embedded in the package (clean and PGD-20), with progress bars and a result table.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+exec "$VENV/bin/robnets" demo "$@"

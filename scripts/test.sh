@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install robnets with its test dependencies into .venv and run the whole test suite (CPU, no network).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup_env.sh" test
+cd "$ROOT"
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,166 @@
+"""The command line end to end on real data: robnets eval / demo / list-models / info, python -m robnets,
+and the original ``python main.py --config ... --eval_only``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from robnets.cli import main
+from robnets.config import load_config
+
+from .conftest import REPO
+
+FAST_EVAL = ["--n", "12", "--n-attack", "4", "--batch-size", "12", "--no-progress", "--device", "cpu"]
+
+
+def _run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_eval_on_the_embedded_sample_writes_results_and_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["eval", "--model", "robnet_free", "--sample", "--untrained", "--attacks", "clean,fgsm,pgd2",
+                 "--output-dir", str(out), "--set", "model.C=8", *FAST_EVAL])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "UNTRAINED" in captured.err
+    for row in ("| clean ", "| fgsm ", "| pgd2 "):
+        assert row in captured.out
+    results = json.loads((out / "results.json").read_text())
+    by_name = {r["attack"]: r for r in results["results"]}
+    assert by_name["clean"]["n"] == 12 and by_name["pgd2"]["n"] == 4 and by_name["fgsm"]["n"] == 4
+    assert by_name["pgd2"]["settings"]["steps"] == 2
+    assert by_name["pgd2"]["settings"]["eps"] == pytest.approx(8 / 255)
+    assert results["model"] == "robnet_free" and results["dataset"] == "cifar10-sample"
+    assert results["weights"].startswith("UNTRAINED")
+    for r in results["results"]:
+        assert 0 <= r["accuracy"] <= 100 and r["correct"] == round(r["accuracy"] * r["n"] / 100)
+    assert "| attack" in (out / "results.md").read_text()
+    saved = load_config(out / "config.yaml")
+    assert saved.model.C == 8 and saved.eval.attacks == ["clean", "fgsm", "pgd2"] and saved.eval.n == 12
+
+
+def test_eval_with_an_original_checkpoint_on_real_cifar10(tmp_path, capsys, reference_dir, cifar10_dir):
+    """The C=8 robnet_free fixture: accuracy must equal a direct computation with the loaded model."""
+    checkpoint = reference_dir / "original_checkpoints" / "robnet_free_C8.pth.tar"
+    out = tmp_path / "run"
+    code = main(["eval", "--config", str(REPO / "experiments/RobNet_free_cifar10/config.py"),
+                 "--checkpoint", str(checkpoint), "--set", "model.C=8", "--data-dir", str(cifar10_dir),
+                 "--attacks", "clean", "--output-dir", str(out), *FAST_EVAL])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads((out / "results.json").read_text())
+    assert "original format" in result["weights"] and "sha256" in result["weights"]
+
+    import numpy as np
+
+    from robnets.models.checkpoint import load_model
+
+    model = load_model(checkpoint, "robnet_free", C=8)
+    with np.load(cifar10_dir / "test.npz") as arrays:
+        x = torch.from_numpy(arrays["images"][:12]).permute(0, 3, 1, 2).float() / 255
+        y = torch.from_numpy(arrays["labels"][:12])
+    with torch.no_grad():
+        correct = int((model(x).argmax(1) == y).sum())
+    assert result["results"][0]["correct"] == correct
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--sample", "--untrained", "--attacks", "cw"], "unknown attack 'cw'"),
+        (["eval", "--sample", "--checkpoint", "/nonexistent/w.pth.tar"], "checkpoint /nonexistent/w.pth.tar not found"),
+        (["eval", "--sample"], "no weights to evaluate"),
+        (["eval", "--untrained", "--data-dir", "/nonexistent"], "cifar10 not found under /nonexistent"),
+        (["eval", "--sample", "--untrained", "--set", "model.Cx=3"], "unknown config key 'model.Cx'"),
+        (["eval", "--sample", "--untrained", "--set", "attack.steps=abc"], "attack.steps must be an integer"),
+        (["eval", "--sample", "--untrained", "--set", "model.num_classes=100"], "has 10 classes but the model has 100"),
+        (["eval", "--sample", "--untrained", "--n", "0"], "--n must be at least 1"),
+        (["eval", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
+        (["info", "robnet_fre"], "did you mean 'robnet_free'"),
+    ],
+)
+def test_bad_input_gives_one_clear_error_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robnets: error:") and message in err[0], err
+
+
+def test_mismatching_checkpoint_is_one_line(tmp_path, capsys, reference_dir):
+    checkpoint = reference_dir / "original_checkpoints" / "robnet_free_C8.pth.tar"
+    code = main(["eval", "--sample", "--model", "robnet_large_v1", "--checkpoint", str(checkpoint),
+                 "--set", "model.C=8", *FAST_EVAL])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not match model robnet_large_v1" in err[0]
+
+
+def test_list_models_and_info(capsys):
+    assert main(["list-models"]) == 0
+    listed = capsys.readouterr().out
+    assert "robnet_free" in listed and "robnet_large_v2" in listed
+    assert main(["info", "robnet_free", "--json", "--codes"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 5_439_790
+    assert round(info["flops_per_image"] / 1e9, 2) == 1.56
+    assert info["genotype"].startswith("1110-111110-11010110-1111001101_") and len(info["codes"]) == 20
+    assert main(["info", "robnet_large_v1", "--arg", "C=48", "--arg", "num_classes=1000",
+                 "--arg", "imagenet_stem=true"]) == 0
+    text = capsys.readouterr().out
+    assert "12,756,448" in text and "224x224" in text
+
+
+def test_python_dash_m_and_demo_run_end_to_end(tmp_path):
+    proc = _run("-m", "robnets", "demo", "--n", "10", "--n-attack", "2", "--attacks", "clean,pgd1",
+                "--output-dir", str(tmp_path / "demo"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "UNTRAINED" in proc.stderr and "| pgd1 " in proc.stdout
+    result = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert result["model"] == "robnet_free" and result["parameters"] == 5_439_790
+    assert [r["n"] for r in result["results"]] == [10, 2]
+
+
+def _original_config(tmp_path, checkpoint, data_root, steps=2):
+    text = f"""
+model = 'robnet_free'
+model_param = dict(C=8, num_classes=10, layers=20, steps=4, multiplier=4, stem_multiplier=3,
+                   share=False, AdPoolSize=1)
+dataset = 'cifar10'
+dataset_param = dict(data_root='{data_root}', batch_size=8, num_workers=0)
+report_freq = 10
+seed = 10
+save_path = '{tmp_path / "log"}'
+resume_path = dict(path='{checkpoint}', origin_ckpt=True)
+attack_param = {{'attack': True, 'epsilon': 8 / 255., 'num_steps': {steps}, 'step_size': 2 / 255.,
+                'random_start': True}}
+"""
+    path = tmp_path / "config.py"
+    path.write_text(text)
+    return path
+
+
+def test_original_main_py_eval_only(tmp_path, reference_dir, cifar10_dir):
+    checkpoint = reference_dir / "original_checkpoints" / "robnet_free_C8.pth.tar"
+    config = _original_config(tmp_path, checkpoint, cifar10_dir)
+    proc = _run("main.py", "--config", str(config), "--eval_only", "--n", "8", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "==> Testing on Clean Data.." in proc.stdout
+    assert "==> Testing on Adversarial Data (pgd2).." in proc.stdout
+    assert proc.stdout.count("* Prec@1") == 2
+    runs = list((tmp_path / "log").glob("eval-*/results.json"))
+    assert len(runs) == 1
+    assert [r["attack"] for r in json.loads(runs[0].read_text())["results"]] == ["clean", "pgd2"]
+
+
+def test_original_main_py_explains_what_is_missing(tmp_path):
+    proc = _run("main.py", "--config", "./experiments/RobNet_free_cifar10/config.py", "--eval_only")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "robnets: error: ./experiments/RobNet_free_cifar10/config.py sets no resume_path for the eval_only "
+        "mode; pass --checkpoint PATH"]
+    proc = _run("main.py", "--config", "./experiments/RobNet_large_cifar10/config.py", "--eval_only")
+    assert proc.returncode == 2 and "original RobNets download link is dead" in proc.stderr
