@@ -416,10 +416,15 @@ def test_imagenet_folder_layouts_and_bad_folders(imagenet_sample_dir, tmp_path):
     dataset = load_dataset("imagenet", "val", tmp_path)  # <root>/imagenet/val
     assert len(dataset) == 1 and dataset.samples[0][1] == [w for w, _ in rdata.imagenet_wnids()].index(wnid)
 
-    (val / "n99999999").mkdir()  # starts like a wnid but is not one of the 1,000
-    with pytest.raises(DataError, match="n99999999"):
-        load_dataset("imagenet", "val", tmp_path)
-    (val / "n99999999").rmdir()
+    for bad in ("n99999999", "cats"):  # not one of the 1,000 wnids
+        (val / bad).mkdir()
+        with pytest.raises(DataError, match=f"{bad}.*not named after an ImageNet-1k wnid"):
+            load_dataset("imagenet", "val", tmp_path)
+        (val / bad).rmdir()
+    only_bad = tmp_path / "other" / "val" / "cats"
+    only_bad.mkdir(parents=True)
+    with pytest.raises(DataError, match="<wnid>"):  # no wnid folder at all: nothing that looks like ImageNet
+        load_dataset("imagenet", "val", tmp_path / "other")
 
     (val / wnid / "broken.JPEG").write_bytes(b"\xff\xd8 not really a jpeg")
     dataset = load_dataset("imagenet", "val", tmp_path)

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, RobnetsError, did_you_mean
 from ..io import write_text_atomic
 from .original import evaluate_expression, load_original_config_file
 from .schema import Config
@@ -106,12 +106,19 @@ def validate(config: Config) -> Config:
         value = getattr(getattr(config, section), key)
         if value not in choices:
             raise ConfigError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
-    config.data.dataset = canonical_dataset_name(config.data.dataset)
-    model_info(config.model.name)
+    try:
+        config.data.dataset = canonical_dataset_name(config.data.dataset)
+    except RobnetsError as exc:
+        raise ConfigError(f"data.dataset: {exc}") from None
+    try:
+        model_info(config.model.name)
+    except RobnetsError as exc:
+        raise ConfigError(f"model.name: {exc}") from None
     for dotted in ("attack.eps", "attack.step_size", "data.batch_size", "train.epochs"):
         section, key = dotted.split(".")
-        if getattr(getattr(config, section), key) < 0:
-            raise ConfigError(f"{dotted} must not be negative")
+        value = getattr(getattr(config, section), key)
+        if not value >= 0:  # also refuses NaN
+            raise ConfigError(f"{dotted} must be a non-negative number, got {value}")
     if config.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be at least 1, got {config.data.batch_size}")
     return config

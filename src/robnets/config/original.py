@@ -43,27 +43,47 @@ class SafeEvaluator:
         if isinstance(node, ast.Dict):
             if any(k is None for k in node.keys):
                 raise self.fail(node, "'**' unpacking is not supported")
-            return {self.eval(k): self.eval(v) for k, v in zip(node.keys, node.values)}
+            pairs = [(self.eval(k), self.eval(v)) for k, v in zip(node.keys, node.values)]
+            try:
+                return dict(pairs)
+            except TypeError as exc:
+                raise self.fail(node, f"invalid key ({exc})") from None
         if isinstance(node, (ast.List, ast.Tuple)):
             values = [self.eval(e) for e in node.elts]
             return values if isinstance(node, ast.List) else tuple(values)
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            return _UNARY[type(node.op)](self.eval(node.operand))
+            operand = self.eval(node.operand)
+            try:
+                return _UNARY[type(node.op)](operand)
+            except Exception as exc:  # noqa: BLE001
+                raise self.fail(node, f"cannot compute ({exc})") from None
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             left, right = self.eval(node.left), self.eval(node.right)
             if isinstance(node.op, ast.Pow) and (not isinstance(right, (int, float)) or abs(right) > 64):
                 raise self.fail(node, "exponent too large")
-            if isinstance(node.op, ast.Mult) and (isinstance(left, (str, list)) or isinstance(right, (str, list))):
+            sequences = (str, bytes, list, tuple)
+            if isinstance(node.op, ast.Mult) and (isinstance(left, sequences) or isinstance(right, sequences)):
                 raise self.fail(node, "sequence repetition is not supported")
             try:
-                return _BINARY[type(node.op)](left, right)
+                result = _BINARY[type(node.op)](left, right)
             except Exception as exc:  # noqa: BLE001
                 raise self.fail(node, f"cannot compute ({exc})") from None
+            if isinstance(result, int) and not isinstance(result, bool) and result.bit_length() > 1024:
+                raise self.fail(node, "number too large")
+            return result
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
             if node.args or any(k.arg is None for k in node.keywords):
                 raise self.fail(node, "dict(...) takes keyword arguments only")
             return {k.arg: self.eval(k.value) for k in node.keywords}
         raise self.fail(node, f"unsupported {type(node).__name__}")
+
+    def evaluate(self, node: ast.AST) -> Any:
+        """:meth:`eval`, turning a too deeply nested expression into a ConfigError."""
+        try:
+            return self.eval(node)
+        except RecursionError:
+            raise ConfigError(f"{self.source}:{getattr(node, 'lineno', '?')}: expression too deeply "
+                              f"nested") from None
 
 
 def parse_original_config(text: str, source: str = "<config>") -> dict[str, Any]:
@@ -72,12 +92,14 @@ def parse_original_config(text: str, source: str = "<config>") -> dict[str, Any]
         tree = ast.parse(text, filename=source)
     except SyntaxError as exc:
         raise ConfigError(f"{source}:{exc.lineno}: syntax error ({exc.msg})") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{source}: too deeply nested to parse") from None
     evaluator = SafeEvaluator(source)
     for stmt in tree.body:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             continue  # docstring
         if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
-            value = evaluator.eval(stmt.value)
+            value = evaluator.evaluate(stmt.value)
             for target in stmt.targets:
                 evaluator.names[target.id] = value
             continue
@@ -91,9 +113,9 @@ def evaluate_expression(text: str, source: str = "<value>") -> Any:
     """Evaluate one literal expression such as ``8/255`` (used for command-line overrides)."""
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
-        raise ConfigError(f"{source}: cannot read value {text!r}") from None
-    return SafeEvaluator(source).eval(tree.body)
+    except (SyntaxError, RecursionError, MemoryError):
+        raise ConfigError(f"{source}: cannot read value {text[:60]!r}") from None
+    return SafeEvaluator(source).evaluate(tree.body)
 
 
 # ------------------------------------------------------------------------------------------ mapping
