@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment in .venv and install robnets into it.
-# Usage: source scripts/setup_env.sh [extras]   e.g. "test" to add the test dependencies.
+# Create (or reuse) the project's virtual environment and install robnets into it (editable).
+# Usage: bash scripts/setup_env.sh [EXTRAS]   e.g. "test" to add the test dependencies.
+# The environment is $ROBNETS_VENV, default .venv in the repository root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
