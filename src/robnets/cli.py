@@ -37,6 +37,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (fp32 default)")
+    parser.add_argument("--plain", action="store_true",
+                        help="run the model exactly as the original implementation does (no fast path)")
     parser.add_argument("--output-dir", help="run folder for results.json, results.md, config.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted config override, e.g. --set attack.steps=100 (repeatable)")
@@ -87,6 +89,8 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"eval.device={args.device}")
     if args.bf16:
         out.append("eval.precision=bf16")
+    if args.plain:
+        out.append("eval.execution=plain")
     return out
 
 

@@ -42,6 +42,7 @@ def create_attack(
     l2_alpha: float = 0.1,
     precision: str = "fp32",
     seed: int | None = None,
+    cuda_graphs: bool = False,
 ) -> Attack | None:
     """Build the attack a short name stands for (``None`` for 'clean'); steps in the name win over ``steps``."""
     kind, named_steps = parse_attack_spec(spec)
@@ -52,7 +53,8 @@ def create_attack(
     if kind == "fgsm":
         return FGSM(model, eps=eps, **common)
     if kind == "pgd":
-        return PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, **common)
+        return PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, cuda_graphs=cuda_graphs,
+                   **common)
     if kind == "pgdl2":
         return PGDL2(model, eps=l2_eps, alpha=l2_alpha, steps=steps, random_start=random_start, **common)
     mi_steps = named_steps if named_steps is not None else 10

@@ -17,7 +17,7 @@ from .original import evaluate_expression, load_original_config_file
 from .schema import Config
 
 _CHOICES = {"attack.norm": ("Linf", "L2"), "eval.precision": ("fp32", "bf16"),
-            "eval.device": ("auto", "cpu", "cuda")}
+            "eval.device": ("auto", "cpu", "cuda"), "eval.execution": ("fast", "plain")}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

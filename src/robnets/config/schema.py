@@ -83,6 +83,7 @@ class EvalConfig:
     precision: str = "fp32"
     device: str = "auto"
     attack_seed: int = 0
+    execution: str = "fast"  # 'fast' (FastRobNet where it applies) or 'plain' (the original's execution)
 
 
 @dataclass

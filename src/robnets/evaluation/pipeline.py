@@ -15,7 +15,8 @@ from ..config import Config, save_config
 from ..data import DATASETS, load_dataset, resolve_data_root
 from ..errors import RobnetsError
 from ..io import sha256_file
-from ..models import create_model
+from ..acceleration import accelerate
+from ..models import RobNet, create_model
 from ..models.checkpoint import load_weights, read_checkpoint
 from ..models.registry import model_info
 from .report import results_table, write_results
@@ -52,7 +53,7 @@ def load_checkpoint_into(model: nn.Module, path: str | Path, model_name: str) ->
     return f"{path} (sha256 {sha256_file(path)[:16]}, {loaded.source_format} format)"
 
 
-def attack_set(config: Config, model: nn.Module) -> dict[str, Any]:
+def attack_set(config: Config, model: nn.Module, cuda_graphs: bool = False) -> dict[str, Any]:
     """Attacks named in ``config.eval.attacks``, parameterized by ``config.attack``."""
     attacks = {}
     for spec in config.eval.attacks:
@@ -63,6 +64,7 @@ def attack_set(config: Config, model: nn.Module) -> dict[str, Any]:
             name, model, eps=config.attack.eps, alpha=config.attack.step_size, steps=config.attack.steps,
             random_start=config.attack.random_start, l2_eps=config.attack.l2_eps,
             l2_alpha=config.attack.l2_step_size, precision=config.eval.precision, seed=config.eval.attack_seed,
+            cuda_graphs=cuda_graphs,
         )
     if not attacks:
         raise RobnetsError("no attacks to run: give --attacks (e.g. clean,pgd20)")
@@ -123,13 +125,20 @@ def run_evaluation(
                            f"{'has' if imagenet_stem else 'lacks'} the ImageNet stem; set "
                            f"model.imagenet_stem={str(info.image_size == 224).lower()}")
 
-    attacks = attack_set(config, model)
+    if config.eval.execution == "fast":
+        engine, execution = accelerate(model, device)
+    else:
+        if isinstance(model, RobNet):
+            model.set_reference_mode(True)
+        engine, execution = model, "plain (as the original implementation: every op, zero edges multiplied)"
+    attacks = attack_set(config, engine, cuda_graphs=config.eval.execution == "fast" and device.type == "cuda")
     log(note)
     batch_size = config.eval.batch_size or config.data.batch_size
     folder = Path(output_dir) if output_dir else default_run_folder(config)
     log(f"==> Evaluating {config.model.name} on {dataset_name} ({len(dataset)} images; n={config.eval.n or 'all'}) "
         f"on {device}, {config.eval.precision}, batch {batch_size}")
-    results = evaluate(model, dataset, attacks, device=device, batch_size=batch_size, n=config.eval.n,
+    log(f"==> Execution: {execution}")
+    results = evaluate(engine, dataset, attacks, device=device, batch_size=batch_size, n=config.eval.n,
                        n_attack=n_attack, precision=config.eval.precision,
                        num_workers=config.data.num_workers if dataset_name == "imagenet" else 0, progress=progress)
     spec = model_info(config.model.name)
@@ -144,6 +153,7 @@ def run_evaluation(
         "eps": config.attack.eps,
         "device": str(device),
         "precision": config.eval.precision,
+        "execution": execution,
         "seed": config.seed,
         "published": spec.published,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),

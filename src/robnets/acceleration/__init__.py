@@ -1,0 +1,8 @@
+"""Fast execution paths (same function, less time): FastRobNet, BatchNorm folding, fused Triton kernels,
+CUDA-graph attack loops, and the selection of the path that applies."""
+
+from .fast_robnet import FastRobNet
+from .folding import FoldedConv, fold_parameters
+from .select import EXECUTION_MODES, accelerate, triton_usable
+
+__all__ = ["EXECUTION_MODES", "FastRobNet", "FoldedConv", "accelerate", "fold_parameters", "triton_usable"]

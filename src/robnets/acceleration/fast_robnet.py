@@ -1,0 +1,185 @@
+"""FastRobNet: an eval-mode execution engine for a RobNet that shares (never copies) its parameters.
+
+What it does differently from the plain network, without changing the function it computes:
+
+* absent edges (code ``00``) are never executed (the original multiplies them by zero);
+* every BatchNorm is folded into the convolution before it (eval mode: running statistics);
+* ReLU of a state read by several edges is computed once, not once per edge;
+* activations use the channels-last layout where that is faster (depthwise convs on CPU and GPU);
+* each half of a separable conv (ReLU, depthwise 3x3, pointwise 1x1 + folded BN) can run as one fused
+  Triton kernel on CUDA (``kernels='triton'``), moving each activation through memory once.
+
+Gradients flow to the input only (what attacks need); train with the source model. The engine follows the
+source's current weights and BN statistics (folded parameters are re-derived when they change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.cell import Cell
+from ..models.network import RobNet
+from ..models.ops import FactorizedReduce, Identity, ReLUConvBN, ResSepConv, SepConv
+from .folding import FoldedConv
+
+SepHalf = Callable[[torch.Tensor, nn.Conv2d, FoldedConv, bool], torch.Tensor]
+
+
+def torch_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
+    """(ReLU) -> depthwise 3x3 -> pointwise 1x1 with folded BN, with PyTorch convolutions."""
+    if relu:
+        x = F.relu(x)
+    weight = depthwise.weight.detach()
+    x = F.conv2d(x, weight.to(x.dtype) if weight.dtype != x.dtype and not torch.is_autocast_enabled() else weight,
+                 None, depthwise.stride, depthwise.padding, depthwise.dilation, depthwise.groups)
+    return pointwise(x)
+
+
+class _FastSepConv:
+    """SepConv = two halves; the first takes an already-rectified input."""
+
+    def __init__(self, op: SepConv) -> None:
+        seq = op.op
+        self.dw1, self.pw1 = seq[1], FoldedConv(seq[2], seq[3])
+        self.dw2, self.pw2 = seq[5], FoldedConv(seq[6], seq[7])
+
+    def __call__(self, rectified: torch.Tensor, half: SepHalf) -> torch.Tensor:
+        mid = half(rectified, self.dw1, self.pw1, False)
+        return half(mid, self.dw2, self.pw2, True)
+
+
+class _FastFactorizedReduce:
+    def __init__(self, op: FactorizedReduce) -> None:
+        half = op.conv_1.out_channels
+        self.conv_1 = FoldedConv(op.conv_1, op.bn, slice(0, half))
+        self.conv_2 = FoldedConv(op.conv_2, op.bn, slice(half, 2 * half))
+
+    def __call__(self, rectified: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.conv_1(rectified), self.conv_2(rectified[:, :, 1:, 1:])], dim=1)
+
+
+class _FastEdge:
+    """One live edge: what it reads (raw or rectified state) and how it computes."""
+
+    def __init__(self, op: nn.Module) -> None:
+        self.identity = isinstance(op, Identity)
+        self.sep = self.reduce = None
+        self.residual = False
+        if isinstance(op, SepConv):
+            self.sep = _FastSepConv(op)
+        elif isinstance(op, ResSepConv):
+            self.sep = _FastSepConv(op.conv)
+            self.residual = True
+            if isinstance(op.res, FactorizedReduce):
+                self.reduce = _FastFactorizedReduce(op.res)
+        elif isinstance(op, FactorizedReduce):
+            self.reduce = _FastFactorizedReduce(op)
+        elif not self.identity:
+            raise TypeError(f"no fast path for edge op {type(op).__name__}")
+
+    @property
+    def needs_relu(self) -> bool:
+        return not self.identity
+
+    def __call__(self, state: torch.Tensor, rectified: torch.Tensor | None, half: SepHalf) -> torch.Tensor:
+        if self.identity:
+            return state
+        if self.sep is None:
+            return self.reduce(rectified)
+        out = self.sep(rectified, half)
+        if self.residual:
+            out = out + (self.reduce(rectified) if self.reduce is not None else state)
+        return out
+
+
+class _FastCell:
+    def __init__(self, cell: Cell) -> None:
+        self.reduction = cell.reduction
+        self.multiplier = cell._multiplier
+        self.pre0 = self._preprocess(cell.preprocess0)
+        self.pre1 = self._preprocess(cell.preprocess1)
+        self.nodes = [[(j, _FastEdge(cell._ops[k].op)) for j, k in live] for live in cell._live_edges]
+
+    @staticmethod
+    def _preprocess(module: nn.Module):  # noqa: ANN205
+        if isinstance(module, FactorizedReduce):
+            reduce = _FastFactorizedReduce(module)
+            return lambda x: reduce(F.relu(x))
+        assert isinstance(module, ReLUConvBN)
+        conv = FoldedConv(module.op[1], module.op[2])
+        return lambda x: conv(F.relu(x))
+
+    def __call__(self, s0: torch.Tensor, s1: torch.Tensor, half: SepHalf) -> torch.Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        rectified: dict[int, torch.Tensor] = {}
+        for node in self.nodes:
+            total = None
+            for j, edge in node:
+                r = None
+                if edge.needs_relu:
+                    r = rectified.get(j)
+                    if r is None:
+                        r = rectified[j] = F.relu(states[j])
+                out = edge(states[j], r, half)
+                total = out if total is None else total + out
+            if total is None:
+                stride = 2 if self.reduction else 1
+                total = torch.zeros_like(states[0][:, :, ::stride, ::stride])
+            states.append(total)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class FastRobNet(nn.Module):
+    """Eval-mode fast execution of ``net`` (a :class:`RobNet`), sharing its parameters."""
+
+    def __init__(self, net: RobNet, *, channels_last: bool = True, kernels: str = "torch") -> None:
+        super().__init__()
+        if not isinstance(net, RobNet):
+            raise TypeError(f"FastRobNet needs a RobNet, got {type(net).__name__}")
+        self.source = net
+        self.channels_last = channels_last
+        self.kernels = kernels
+        self._half: SepHalf = torch_sep_half
+        if kernels == "triton":
+            from .triton_sepconv import triton_sep_half
+
+            self._half = triton_sep_half
+        elif kernels != "torch":
+            raise ValueError(f"kernels must be 'torch' or 'triton', got {kernels!r}")
+        self._cells = [_FastCell(c) for c in net.cells]
+        if net._imagenet_stem:
+            s0 = net.stem0
+            self._stem0 = (FoldedConv(s0[0], s0[1]), FoldedConv(s0[3], s0[4]))
+            self._stem1 = FoldedConv(net.stem1[1], net.stem1[2])
+        else:
+            self._stem = FoldedConv(net.stem[0], net.stem[1])
+
+    @property
+    def genotype(self):  # noqa: ANN201
+        return self.source.genotype
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.source
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"RobNet expects a float NCHW batch with 3 channels, got shape {tuple(x.shape)}")
+        x = net.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if net._imagenet_stem:
+            conv_a, conv_b = self._stem0
+            s0 = conv_b(F.relu(conv_a(x)))
+            s1 = self._stem1(F.relu(s0))
+        else:
+            s0 = s1 = self._stem(x)
+        for cell in self._cells:
+            s0, s1 = s1, cell(s0, s1, self._half)
+        out = net.global_pooling(s1)
+        return F.linear(out.flatten(1), net.classifier.weight.detach(), net.classifier.bias.detach())
