@@ -1,0 +1,144 @@
+"""The fast path computes the same function as the plain (original) execution: logits and input gradients
+agree on the reference fixtures and random inputs, exactly up to rounding (checked in float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import robnets
+from robnets.acceleration import FastRobNet, accelerate
+from robnets.attacks import PGD
+from robnets.models.checkpoint import load_model
+
+FIXTURES = {
+    "robnet_free_C8": "robnet_free",
+    "robnet_large_v1_C8_L8_ddp_trainstate": "robnet_large_v1",
+    "robnet_large_v1_imagenet_C8_L5": "robnet_large_v1",
+}
+
+
+def _logits_and_input_grad(model, x, y):
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+    return logits.detach(), grad
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _random_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+
+
+@pytest.mark.parametrize("stem", sorted(FIXTURES))
+def test_fast_path_matches_plain_on_the_reference_fixtures(reference_dir, stem):
+    folder = reference_dir / "original_checkpoints"
+    expected = torch.load(folder / f"{stem}.expected.pt", weights_only=True)
+    model = load_model(folder / f"{stem}.pth.tar", FIXTURES[stem], **expected["model_param"])
+    x = expected["inputs"]
+    y = torch.arange(x.shape[0]) % model.num_classes
+    plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
+    fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model), x, y)
+    assert (fast_logits - plain_logits).abs().max() <= 1e-4 * plain_logits.abs().max()
+    assert _rel(fast_grad, plain_grad) <= 1e-4
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fast_path_is_exact_up_to_rounding(channels_last):
+    """In float64 every difference is rounding: the transformation itself is exact."""
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_free", C=8).double()  # all four edge kinds, 36 absent edges
+    _random_bn(model)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(4, 3, 32, 32, generator=g).double(), torch.randint(0, 10, (4,), generator=g)
+    plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
+    fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model, channels_last=channels_last), x, y)
+    assert _rel(fast_logits, plain_logits) <= 1e-12
+    assert _rel(fast_grad, plain_grad) <= 1e-10
+
+
+def test_fast_path_on_random_inputs_in_fp32():
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=8, layers=6)
+    _random_bn(model)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
+    fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model), x, y)
+    assert (fast_logits - plain_logits).abs().max() <= 1e-4 * plain_logits.abs().max()
+    assert _rel(fast_grad, plain_grad) <= 1e-4
+
+
+def test_fast_path_follows_weight_and_statistics_changes():
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    fast = FastRobNet(model)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        fast(x)  # fills the folded-parameter cache
+        model.cells[1]._ops[0].op.conv.op[2].weight.mul_(1.5)
+        model.cells[2].preprocess1.op[2].running_var.add_(0.3)
+        assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_attack_on_the_fast_path_gives_the_plain_result():
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=8, layers=3)
+    _random_bn(model)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    plain = PGD(model.set_reference_mode(True), steps=3, seed=0)(x, y)
+    fast = PGD(FastRobNet(model), steps=3, seed=0)(x, y)
+    # identical up to a few coordinates whose gradient sign flips under rounding at a ReLU kink
+    assert (plain != fast).float().mean() <= 1e-3
+    assert (fast - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_accelerate_chooses_the_path_that_applies():
+    robnet = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    engine, description = accelerate(robnet, "cpu")
+    assert isinstance(engine, FastRobNet) and engine.kernels == "torch" and description.startswith("fast")
+    baseline = robnets.create_model("preact_resnet18")
+    engine, description = accelerate(baseline, "cpu")
+    assert engine is baseline and description.startswith("plain")
+    with pytest.raises(ValueError, match="kernels"):
+        FastRobNet(robnet, kernels="cuda-magic")
+
+
+def test_evaluation_uses_the_fast_path_by_default_with_the_same_accuracy(tmp_path):
+    from robnets.config import load_config
+    from robnets.evaluation.pipeline import run_evaluation
+
+    results = {}
+    for execution in ("fast", "plain"):
+        config = load_config(None, ["model.name=robnet_large_v1", "model.C=8", "model.layers=6",
+                                    "data.dataset=cifar10-sample", "eval.attacks=clean,pgd3", "eval.n=32",
+                                    "eval.device=cpu", f"eval.execution={execution}"])
+        run = run_evaluation(config, untrained=True, output_dir=tmp_path / execution, progress=False,
+                             log=lambda m: None)
+        assert run.meta["execution"].startswith(execution)
+        results[execution] = [r.correct for r in run.results]
+    clean_fast, pgd_fast = results["fast"]
+    clean_plain, pgd_plain = results["plain"]
+    assert clean_fast == clean_plain and abs(pgd_fast - pgd_plain) <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_pgd_equals_eager_pgd():
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=8, layers=6).cuda()
+    fast = FastRobNet(model)
+    x, y = torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    eager = PGD(fast, steps=5, seed=0)(x, y)
+    graphed = PGD(fast, steps=5, seed=0, cuda_graphs=True)(x, y)
+    assert (eager != graphed).float().mean() <= 1e-3
+    assert (graphed - x).abs().max() <= 8 / 255 + 1e-6
