@@ -1,0 +1,313 @@
+"""Fused Triton kernels for one half of a separable conv: (ReLU) -> depthwise KxK -> pointwise 1x1 (+ folded BN).
+
+:func:`triton_sep_half` computes exactly what :func:`robnets.acceleration.fast_robnet.torch_sep_half` computes,
+with one kernel launch for the forward and one for the input gradient:
+
+* **forward** (``_sep_half_fwd``): each program owns a tile of ``BLOCK_P`` output pixels (flattened over
+  N, Ho, Wo) and ``BLOCK_CO`` output channels. It walks the input channels in ``BLOCK_CI`` chunks; for each
+  chunk it loads the KxK neighbourhood of every pixel of the tile (addressed through the input's strides, so
+  channels-last, NCHW or any strided view works), applies the ReLU if asked, accumulates the depthwise result
+  in fp32 registers and feeds it straight into ``tl.dot`` with the folded pointwise weight. The bias is added
+  and the tile stored; the depthwise intermediate never touches memory.
+* **backward** (``_sep_half_bwd``, input gradient only: the weights are detached folded views): each program
+  owns ``BLOCK_P`` *input* pixels and ``BLOCK_CI`` input channels, and gathers
+  ``grad_x = [x > 0] * sum_taps w_dw[c, tap] * (grad_out @ W_pw)[pixel reached by tap]``: for each tap one
+  ``tl.dot`` (looping over ``BLOCK_CO`` chunks of the output channels) on the grad_out tile gathered at the
+  pixels that tap reaches (respecting stride and padding; pixels no output reads through that tap are masked),
+  scaled by the tap's depthwise weight and summed in fp32 registers; the ReLU mask is applied at the end.
+  Deterministic, no atomics, no scratch buffer; the price is that ``grad_out @ W_pw`` is evaluated once per
+  tap, i.e. K*K = 9 times the pointwise FLOPs (masked taps of a stride-2 layer skip their loads, not their
+  dot). Unmeasured guess: cheap on tensor cores at RobNet channel counts, possibly compute-bound at C >= 144
+  in IEEE fp32; the alternative (grad_mid written once by a 1x1 kernel, then a transposed-depthwise kernel)
+  trades those FLOPs for one extra round trip of grad_mid through memory.
+
+Precision: accumulation is always fp32. fp32 inputs use ``tl.dot`` with TF32 exactly when PyTorch's own
+convolutions may (``torch.backends.cudnn.allow_tf32``, which the reference ``F.conv2d`` follows), IEEE fp32
+otherwise and always under the interpreter; bf16/fp16 inputs round the depthwise result to the input dtype
+before the pointwise product (as the reference does) and return the input dtype. The output is channels-last.
+
+Triton is optional: importing this module never fails; calling the kernels without Triton (or without CUDA and
+without ``TRITON_INTERPRET=1``) raises a clear :class:`RuntimeError`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .folding import FoldedConv
+
+try:  # Triton is an optional dependency
+    import triton
+    import triton.language as tl
+except Exception as exc:  # noqa: BLE001 - any failure to import means "no Triton"
+    triton = None
+    tl = None
+    _TRITON_IMPORT_ERROR: Exception | None = exc
+else:
+    _TRITON_IMPORT_ERROR = None
+
+__all__ = ["triton_available", "triton_sep_half"]
+
+# Tile sizes. tl.dot needs every dimension >= 16; channel blocks are powers of two (masked past C).
+BLOCK_P = 64  # output pixels per program (forward) / input pixels per program (backward); the dot's M
+MAX_BLOCK_CI = 64  # input channels per chunk of the reduction (K of the forward dot, N of the backward dot)
+MAX_BLOCK_CO = 64  # output channels per program (N of the forward dot, K of the backward dot)
+NUM_WARPS = 4
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_available() -> bool:
+    """True when Triton imports and can run here: a CUDA device, or the CPU interpreter (TRITON_INTERPRET=1)."""
+    return triton is not None and (torch.cuda.is_available() or _interpreting())
+
+
+def _channel_block(n: int, cap: int) -> int:
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _sep_half_fwd(
+        x_ptr, dw_ptr, pw_ptr, b_ptr, y_ptr,
+        C, H, W, CO, HO, WO, P,
+        sxn, sxc, sxh, sxw,
+        syn, syc, syh, syw,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr,
+        RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+    ):
+        pid_p = tl.program_id(0)
+        pid_co = tl.program_id(1)
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = p < P
+        n = p // (HO * WO)
+        rem = p % (HO * WO)
+        oh = rem // WO
+        ow = rem % WO
+        x_pix = n.to(tl.int64) * sxn
+        co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        co_ok = co < CO
+
+        acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
+        for ci0 in range(0, C, BLOCK_CI):
+            ci = ci0 + tl.arange(0, BLOCK_CI)
+            ci_ok = ci < C
+            x_ch = ci.to(tl.int64) * sxc
+            mid = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
+            for kh in tl.static_range(KH):
+                ih = oh * STRIDE - PAD + kh * DIL
+                h_ok = p_ok & (ih >= 0) & (ih < H)
+                for kw in tl.static_range(KW):
+                    iw = ow * STRIDE - PAD + kw * DIL
+                    ok = h_ok & (iw >= 0) & (iw < W)
+                    offs = (x_pix + ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
+                    xv = tl.load(x_ptr + offs, mask=ok[:, None] & ci_ok[None, :], other=0.0).to(tl.float32)
+                    if RELU:
+                        xv = tl.where(xv > 0.0, xv, 0.0)
+                    wv = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
+                    mid += xv * wv[None, :]
+            # W_pw is (CO, C) row-major; the dot wants (BLOCK_CI, BLOCK_CO).
+            wt = tl.load(pw_ptr + co[None, :] * C + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+            mid = mid.to(wt.dtype)  # the reference rounds the depthwise result to the input dtype
+            if UPCAST_DOT:
+                mid, wt = mid.to(tl.float32), wt.to(tl.float32)
+            acc = tl.dot(mid, wt, acc, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+        y_offs = (n.to(tl.int64) * syn + oh * syh + ow * syw)[:, None] + co.to(tl.int64)[None, :] * syc
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+
+    @triton.jit
+    def _sep_half_bwd(
+        x_ptr, g_ptr, dw_ptr, pw_ptr, gx_ptr,
+        C, H, W, CO, HO, WO, P,
+        sxn, sxc, sxh, sxw,
+        sgn, sgc, sgh, sgw,
+        sdn, sdc, sdh, sdw,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr,
+        RELU: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+    ):
+        pid_p = tl.program_id(0)
+        pid_ci = tl.program_id(1)
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels
+        p_ok = p < P
+        n = p // (H * W)
+        rem = p % (H * W)
+        ih = rem // W
+        iw = rem % W
+        g_pix = n.to(tl.int64) * sgn
+        ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+        ci_ok = ci < C
+
+        acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
+        for kh in tl.static_range(KH):
+            # Output row reached through tap kh: oh * STRIDE - PAD + kh * DIL == ih.
+            th = ih + PAD - kh * DIL
+            oh = th // STRIDE
+            h_ok = p_ok & (th >= 0) & (th % STRIDE == 0) & (oh < HO)
+            for kw in tl.static_range(KW):
+                tw = iw + PAD - kw * DIL
+                ow = tw // STRIDE
+                ok = h_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < WO)
+                g_rows = g_pix + tl.where(ok, oh * sgh + ow * sgw, 0)
+                # grad_mid at the pixels this tap reaches: grad_out (BLOCK_P, CO) @ W_pw (CO, BLOCK_CI).
+                g_mid = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
+                for co0 in range(0, CO, BLOCK_CO):
+                    co = co0 + tl.arange(0, BLOCK_CO)
+                    co_ok = co < CO
+                    gv = tl.load(g_ptr + g_rows[:, None] + co.to(tl.int64)[None, :] * sgc,
+                                 mask=ok[:, None] & co_ok[None, :], other=0.0)
+                    # W_pw is (CO, C) row-major: the (BLOCK_CO, BLOCK_CI) tile.
+                    wt = tl.load(pw_ptr + co[:, None] * C + ci[None, :], mask=co_ok[:, None] & ci_ok[None, :],
+                                 other=0.0)
+                    gv = gv.to(wt.dtype)
+                    if UPCAST_DOT:
+                        gv, wt = gv.to(tl.float32), wt.to(tl.float32)
+                    g_mid = tl.dot(gv, wt, g_mid, input_precision=PRECISION)
+                wdw = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
+                acc += g_mid * wdw[None, :]
+        x_offs = (n.to(tl.int64) * sxn + ih * sxh + iw * sxw)[:, None] + ci.to(tl.int64)[None, :] * sxc
+        io_mask = p_ok[:, None] & ci_ok[None, :]
+        if RELU:
+            xv = tl.load(x_ptr + x_offs, mask=io_mask, other=0.0)
+            acc = tl.where(xv > 0.0, acc, 0.0)
+        gx_offs = (n.to(tl.int64) * sdn + ih * sdh + iw * sdw)[:, None] + ci.to(tl.int64)[None, :] * sdc
+        tl.store(gx_ptr + gx_offs, acc.to(gx_ptr.dtype.element_ty), mask=io_mask)
+
+
+def _require_triton(x: torch.Tensor) -> None:
+    if triton is None:
+        raise RuntimeError(f"triton_sep_half needs Triton, which could not be imported ({_TRITON_IMPORT_ERROR!r}); "
+                           "install triton or use kernels='torch'")
+    if x.device.type != "cuda" and not _interpreting():
+        raise RuntimeError(f"triton_sep_half runs on CUDA tensors (got a {x.device.type} tensor); CPU tensors "
+                           "work only under the Triton interpreter (TRITON_INTERPRET=1 set before importing triton)")
+
+
+def _precision(x: torch.Tensor) -> str:
+    if x.dtype == torch.float32 and x.device.type == "cuda" and not _interpreting() \
+            and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _upcast_dot(x: torch.Tensor) -> bool:
+    # The interpreter's tl.dot multiplies the raw bit patterns of bfloat16 operands (triton-lang/triton#11584,
+    # "not supported yet"); there the already-rounded bf16 operands are widened to fp32 (exact) instead.
+    return x.dtype == torch.bfloat16 and _interpreting()
+
+
+def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+class _SepHalfFunction(torch.autograd.Function):
+    """Fused forward; backward returns the gradient w.r.t. the input only (weights are detached views)."""
+
+    @staticmethod
+    def forward(ctx, x, dw_weight, pw_weight, bias, stride, pad, dil, relu):  # noqa: ANN001, ANN205
+        n, c, h, w = x.shape
+        co = pw_weight.shape[0]
+        kh, kw = dw_weight.shape[-2:]
+        ho, wo = _out_size(h, kh, stride, pad, dil), _out_size(w, kw, stride, pad, dil)
+        y = torch.empty((n, co, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+        ctx.save_for_backward(x, dw_weight, pw_weight)
+        ctx.conf = (stride, pad, dil, relu, ho, wo)
+        p = n * ho * wo
+        if p == 0 or co == 0:
+            return y
+        if c == 0:
+            return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
+        block_ci, block_co = _channel_block(c, MAX_BLOCK_CI), _channel_block(co, MAX_BLOCK_CO)
+        grid = (triton.cdiv(p, BLOCK_P), triton.cdiv(co, block_co))
+        _sep_half_fwd[grid](
+            x, dw_weight, pw_weight, bias if bias is not None else pw_weight, y,
+            c, h, w, co, ho, wo, p,
+            *x.stride(), *y.stride(),
+            STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
+            RELU=relu, HAS_BIAS=bias is not None, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
+            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS,
+        )
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None, None
+        x, dw_weight, pw_weight = ctx.saved_tensors
+        stride, pad, dil, relu, ho, wo = ctx.conf
+        n, c, h, w = x.shape
+        co = pw_weight.shape[0]
+        kh, kw = dw_weight.shape[-2:]
+        grad_x = torch.empty((n, c, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+        p = n * h * w
+        if p == 0 or c == 0:
+            return grad_x, None, None, None, None, None, None, None
+        if co == 0:
+            return grad_x.zero_(), None, None, None, None, None, None, None
+        block_ci, block_co = _channel_block(c, MAX_BLOCK_CI), _channel_block(co, MAX_BLOCK_CO)
+        grid = (triton.cdiv(p, BLOCK_P), triton.cdiv(c, block_ci))
+        _sep_half_bwd[grid](
+            x, grad_out, dw_weight, pw_weight, grad_x,
+            c, h, w, co, ho, wo, p,
+            *x.stride(), *grad_out.stride(), *grad_x.stride(),
+            STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
+            RELU=relu, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
+            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS,
+        )
+        return grad_x, None, None, None, None, None, None, None
+
+
+def _square(value, name: str) -> int:  # noqa: ANN001
+    a, b = (value, value) if isinstance(value, int) else tuple(value)
+    if a != b:
+        raise ValueError(f"triton_sep_half needs a square {name}, got {tuple(value)}")
+    return int(a)
+
+
+def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
+    """(ReLU) -> depthwise KxK -> pointwise 1x1 with folded BN, as one fused Triton kernel (channels-last out).
+
+    Same signature and result as :func:`~robnets.acceleration.fast_robnet.torch_sep_half`; differentiable
+    with respect to ``x`` only.
+    """
+    _require_triton(x)
+    if x.dim() != 4:
+        raise ValueError(f"triton_sep_half expects an NCHW tensor, got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if not (depthwise.groups == depthwise.in_channels == depthwise.out_channels == c):
+        raise ValueError("triton_sep_half needs a depthwise conv (groups == in == out channels == input channels), "
+                         f"got {depthwise} for {c} input channels")
+    if depthwise.padding_mode != "zeros" or isinstance(depthwise.padding, str):
+        raise ValueError(f"triton_sep_half needs explicit zero padding, got {depthwise}")
+    pconv = pointwise.conv
+    if (tuple(pconv.kernel_size) != (1, 1) or tuple(pconv.stride) != (1, 1) or pconv.groups != 1
+            or tuple(pconv.padding) != (0, 0) or pconv.in_channels != c):
+        raise ValueError(f"triton_sep_half needs a dense 1x1 pointwise conv over {c} channels, got {pconv}")
+    if not x.is_floating_point() or x.dtype == torch.float64:
+        raise ValueError(f"triton_sep_half supports float32, bfloat16 and float16 inputs, got {x.dtype}")
+    stride = _square(depthwise.stride, "stride")
+    pad = _square(depthwise.padding, "padding")
+    dil = _square(depthwise.dilation, "dilation")
+
+    dtype = x.dtype
+    dw_weight = depthwise.weight.detach().to(dtype).contiguous()
+    weight, bias = pointwise.parameters()
+    pw_weight = weight.detach().reshape(weight.shape[0], c).to(dtype).contiguous()
+    if bias is not None:
+        bias = bias.detach().to(dtype).contiguous()
+    if x.device.type == "cuda":
+        for t in (dw_weight, pw_weight, bias):
+            if t is not None and t.device != x.device:
+                raise ValueError(f"weights on {t.device}, input on {x.device}")
+    return _SepHalfFunction.apply(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu))

@@ -1,0 +1,289 @@
+"""The fused Triton separable-conv half (``triton_sep_half``) against the PyTorch reference (``torch_sep_half``).
+
+Without a GPU the kernels run under Triton's CPU interpreter. ``TRITON_INTERPRET=1`` must be set before triton is
+imported, so every interpreter check runs once, in one subprocess that executes this file as a script
+(``python tests/test_triton_kernels.py --interpret``); the tests below read its per-case results. The shapes are
+tiny because the interpreter is slow. A CUDA test compares the compiled kernels on a real GPU when one exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robnets.acceleration.fast_robnet import torch_sep_half
+from robnets.acceleration.folding import FoldedConv
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_NO_TRITON = "triton is not installed (the fused kernels are optional)"
+_RESULT_MARK = "TRITON-CHECK-RESULTS "
+
+FP32_TOL = 1e-4  # max |triton - reference| / max |reference|, for outputs and input gradients
+BF16_TOL = 2e-2  # a couple of bf16 ulps: the kernel and PyTorch round intermediates at different places
+
+
+def _case_id(c, stride, size, relu, layout):
+    return f"C{c}-s{stride}-{size}x{size}-{'relu' if relu else 'norelu'}-{layout}"
+
+
+GRID_CASES = {
+    _case_id(c, stride, size, relu, layout): dict(c=c, stride=stride, hw=(size, size), relu=relu, layout=layout)
+    for c in (8, 12)  # 12: channel blocks padded to 16 and masked
+    for stride, size in ((1, 8), (2, 7), (2, 8))  # 7x7 with stride 2: odd size, last output row/col half-padded
+    for relu in (True, False)
+    for layout in ("channels_last", "nchw")
+}
+EXTRA_CASES = {
+    # second half of a SepConv: C_in != C_out
+    "cin12-cout8-s2-7x7": dict(c=12, c_out=8, stride=2, hw=(7, 7), relu=True, layout="channels_last"),
+    # several input-channel chunks and output-channel programs (blocks of 64, 72 = 64 + 8 masked)
+    "C72-s1-5x5-relu": dict(c=72, stride=1, hw=(5, 5), relu=True, layout="channels_last", n=1),
+    "C72-s2-5x5-norelu-cout40": dict(c=72, c_out=40, stride=2, hw=(5, 5), relu=False, layout="nchw", n=1),
+    # non-square input, and strided views that are neither NCHW- nor NHWC-contiguous
+    "C8-s2-6x9-relu": dict(c=8, stride=2, hw=(6, 9), relu=True, layout="channels_last"),
+    "C8-s1-transposed-view": dict(c=8, stride=1, hw=(7, 8), relu=True, layout="transposed"),
+    "C12-s2-channel-slice-view": dict(c=12, stride=2, hw=(7, 7), relu=False, layout="sliced"),
+    # pointwise variants: affine BN, conv bias without BN, neither (no bias at all)
+    "affine-bn": dict(c=12, stride=1, hw=(6, 6), relu=True, layout="channels_last", bn="affine"),
+    "conv-bias-no-bn": dict(c=8, stride=2, hw=(7, 7), relu=True, layout="nchw", bn=None, conv_bias=True),
+    "no-bias": dict(c=8, stride=1, hw=(6, 6), relu=False, layout="channels_last", bn=None),
+    # bfloat16: fp32 accumulation, bf16 output and gradient
+    "bf16-C12-s2-7x7-relu": dict(c=12, stride=2, hw=(7, 7), relu=True, layout="channels_last", dtype="bfloat16"),
+    "bf16-C8-s1-8x8-norelu": dict(c=8, stride=1, hw=(8, 8), relu=False, layout="nchw", dtype="bfloat16"),
+}
+ALL_CASES = {**GRID_CASES, **EXTRA_CASES}
+
+
+# --------------------------------------------------------------------------------------------- shared helpers
+
+def _make_half(c, c_out=None, stride=1, bn="plain", conv_bias=False, seed=0, device="cpu", dtype=torch.float32):
+    """A depthwise 3x3 conv and a FoldedConv (1x1 conv + BatchNorm with random running statistics)."""
+    torch.manual_seed(seed)
+    c_out = c if c_out is None else c_out
+    depthwise = nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=False)
+    conv = nn.Conv2d(c, c_out, 1, bias=conv_bias)
+    norm = None
+    if bn is not None:
+        norm = nn.BatchNorm2d(c_out, affine=bn == "affine")
+        with torch.no_grad():
+            norm.running_mean.normal_(0.0, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            if norm.weight is not None:
+                norm.weight.normal_(1.0, 0.3)
+                norm.bias.normal_(0.0, 0.3)
+        norm.eval()
+    modules = [m for m in (depthwise, conv, norm) if m is not None]
+    for m in modules:
+        m.to(device=device, dtype=dtype)
+    return depthwise, FoldedConv(conv, norm)
+
+
+def _make_input(n, c, hw, layout, device="cpu", dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    if layout == "transposed":  # an (n, c, h, w) view of an (n, c, w, h) tensor: H and W strides swapped
+        x = torch.randn(n, c, w, h, generator=g).transpose(2, 3)
+    elif layout == "sliced":  # every other channel of a channels-last tensor with 2c channels
+        x = torch.randn(n, 2 * c, h, w, generator=g).contiguous(memory_format=torch.channels_last)[:, ::2]
+    else:
+        x = torch.randn(n, c, h, w, generator=g)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device=device, dtype=dtype)
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _compare(x, depthwise, pointwise, relu, half, seed=2):
+    """Relative errors of the output and of the gradient of a random weighted sum w.r.t. the input."""
+    x = x.detach().requires_grad_(True)
+    out = half(x, depthwise, pointwise, relu)
+    ref = torch_sep_half(x, depthwise, pointwise, relu)
+    weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, torch.float32)
+    (grad,) = torch.autograd.grad((out.float() * weights).sum(), x)
+    (grad_ref,) = torch.autograd.grad((ref.float() * weights).sum(), x)
+    return {
+        "shape_ok": tuple(out.shape) == tuple(ref.shape),
+        "dtype_ok": out.dtype == ref.dtype and grad.dtype == x.dtype,
+        "channels_last": out.is_contiguous(memory_format=torch.channels_last),
+        "out_err": _rel(out, ref),
+        "grad_err": _rel(grad, grad_ref),
+    }
+
+
+# ---------------------------------------------------------------------- the interpreter side (the subprocess)
+
+def _run_case(spec):
+    from robnets.acceleration.triton_sepconv import triton_sep_half
+
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    depthwise, pointwise = _make_half(spec["c"], spec.get("c_out"), spec["stride"], spec.get("bn", "plain"),
+                                      spec.get("conv_bias", False), dtype=dtype)
+    x = _make_input(spec.get("n", 2), spec["c"], spec["hw"], spec["layout"], dtype=dtype)
+    return _compare(x, depthwise, pointwise, spec["relu"], triton_sep_half)
+
+
+def _run_fast_robnet():
+    """A tiny real RobNet end to end: FastRobNet with Triton kernels against FastRobNet with PyTorch ops."""
+    import robnets
+    from robnets.acceleration import FastRobNet
+
+    torch.manual_seed(0)
+    genotype = "_".join(str(robnets.models.ROBNET_FREE).split("_")[:3])
+    model = robnets.create_model("robnet", genotype=genotype, C=4, layers=3).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    x = torch.rand(1, 3, 8, 8, generator=g, requires_grad=True)
+    fast, ref = FastRobNet(model, kernels="triton")(x), FastRobNet(model, kernels="torch")(x)
+    (grad,) = torch.autograd.grad(fast[0, 1] - fast[0, 0], x)
+    (grad_ref,) = torch.autograd.grad(ref[0, 1] - ref[0, 0], x)
+    return {"shape_ok": fast.shape == ref.shape, "dtype_ok": True, "channels_last": True,
+            "out_err": _rel(fast, ref), "grad_err": _rel(grad, grad_ref)}
+
+
+def _run_misc():
+    """Argument validation and the no-grad path."""
+    from robnets.acceleration.triton_sepconv import triton_available, triton_sep_half
+
+    depthwise, pointwise = _make_half(8)
+    x = _make_input(1, 8, (4, 4), "channels_last")
+    checks = {"available": triton_available()}
+    with torch.no_grad():
+        checks["no_grad"] = _rel(triton_sep_half(x, depthwise, pointwise, True),
+                                 torch_sep_half(x, depthwise, pointwise, True)) < FP32_TOL
+    grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)
+    try:
+        triton_sep_half(x, grouped, pointwise, True)
+        checks["rejects_grouped"] = False
+    except ValueError:
+        checks["rejects_grouped"] = True
+    return checks
+
+
+def _interpreter_main():
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("run with TRITON_INTERPRET=1")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    results = {"cases": {}, "errors": {}}
+    for name, spec in ALL_CASES.items():
+        try:
+            results["cases"][name] = _run_case(spec)
+        except Exception as exc:  # noqa: BLE001 - reported per case by the tests
+            results["errors"][name] = f"{type(exc).__name__}: {exc}"
+    for name, fn in (("fast_robnet", _run_fast_robnet), ("misc", _run_misc)):
+        try:
+            results[name] = fn()
+        except Exception as exc:  # noqa: BLE001
+            results["errors"][name] = f"{type(exc).__name__}: {exc}"
+    print(_RESULT_MARK + json.dumps(results))
+
+
+# ----------------------------------------------------------------------------------------- the pytest side
+
+@pytest.fixture(scope="module")
+def interpreted():
+    if not _HAS_TRITON:
+        pytest.skip(_NO_TRITON)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--interpret"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"interpreter run failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len(_RESULT_MARK):])
+
+
+def _check(result, tol):
+    assert result["shape_ok"] and result["dtype_ok"]
+    assert result["channels_last"]
+    assert result["out_err"] < tol, f"output relative error {result['out_err']:.3g}"
+    assert result["grad_err"] < tol, f"input-gradient relative error {result['grad_err']:.3g}"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_CASES))
+def test_interpreted_kernels_match_torch_sep_half(interpreted, name):
+    assert name not in interpreted["errors"], interpreted["errors"].get(name)
+    tol = BF16_TOL if ALL_CASES[name].get("dtype") == "bfloat16" else FP32_TOL
+    _check(interpreted["cases"][name], tol)
+
+
+def test_interpreted_fast_robnet_with_triton_kernels_matches_torch_kernels(interpreted):
+    assert "fast_robnet" not in interpreted["errors"], interpreted["errors"].get("fast_robnet")
+    _check(interpreted["fast_robnet"], FP32_TOL)
+
+
+def test_interpreted_validation_and_no_grad(interpreted):
+    assert "misc" not in interpreted["errors"], interpreted["errors"].get("misc")
+    assert interpreted["misc"] == {"available": True, "no_grad": True, "rejects_grouped": True}
+
+
+def test_module_imports_without_triton(monkeypatch):
+    """Importing never fails without Triton; only calling the kernel does, with a clear message."""
+    import robnets.acceleration.triton_sepconv as installed
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    name = "robnets.acceleration._triton_sepconv_without_triton"
+    spec = importlib.util.spec_from_file_location(name, installed.__file__)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    assert module.triton is None and not module.triton_available()
+    depthwise, pointwise = _make_half(8)
+    with pytest.raises(RuntimeError, match="needs Triton"):
+        module.triton_sep_half(torch.randn(1, 8, 4, 4), depthwise, pointwise, True)
+
+
+@pytest.mark.skipif(not _HAS_TRITON, reason=_NO_TRITON)
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="this process runs the interpreter")
+def test_cpu_tensor_without_interpreter_is_refused():
+    from robnets.acceleration.triton_sepconv import triton_sep_half
+
+    depthwise, pointwise = _make_half(8)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        triton_sep_half(torch.randn(1, 8, 4, 4), depthwise, pointwise, True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not _HAS_TRITON, reason=_NO_TRITON)
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="checks the compiled kernels, not the interpreter")
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("relu", [True, False])
+def test_cuda_kernels_match_torch_sep_half(stride, relu):
+    from robnets.acceleration.triton_sepconv import triton_sep_half
+
+    depthwise, pointwise = _make_half(36, stride=stride, device="cuda")
+    x = _make_input(4, 36, (32, 32), "channels_last", device="cuda")
+    cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        # Exact fp32 on both sides (the kernel follows cudnn.allow_tf32, as the reference F.conv2d does).
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        _check(_compare(x, depthwise, pointwise, relu, triton_sep_half), FP32_TOL)
+        _check(_compare(x.contiguous(), depthwise, pointwise, relu, triton_sep_half), FP32_TOL)
+        # TF32 on both sides: 10-bit mantissas, so a looser bound.
+        torch.backends.cudnn.allow_tf32 = True
+        _check(_compare(x, depthwise, pointwise, relu, triton_sep_half), 1e-2)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
+    depthwise_bf16, pointwise_bf16 = _make_half(36, stride=stride, device="cuda", dtype=torch.bfloat16)
+    _check(_compare(x.bfloat16(), depthwise_bf16, pointwise_bf16, relu, triton_sep_half), BF16_TOL)
+
+
+if __name__ == "__main__" and "--interpret" in sys.argv:
+    _interpreter_main()
