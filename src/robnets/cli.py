@@ -58,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("demo", help="evaluate robnet_free on the embedded CIFAR-10 sample (the main job)")
     _add_eval_arguments(p_demo, demo=True)
 
+    p_train = sub.add_parser("train", help="adversarial training (original recipe or fast methods)")
+    p_train.add_argument("--config", "-c", help="YAML config or original-style experiments/<name>/config.py")
+    p_train.add_argument("--model", help="registered model name (overrides model.name)")
+    p_train.add_argument("--genotype", help="train an architecture given as canonical string (model 'robnet')")
+    p_train.add_argument("--method", help="pgd, fgsm_rs, nfgsm, trades or standard")
+    p_train.add_argument("--epochs", type=int, help="epochs after the warm-up")
+    p_train.add_argument("--batch-size", type=int, help="per-process batch size")
+    p_train.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config, then ./data)")
+    p_train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p_train.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p_train.add_argument("--output-dir", help="run folder (default: <output_dir>/train-<name>-<model>-<time>)")
+    p_train.add_argument("--resume", help="run folder (or its state.pt) of an interrupted run to continue")
+    p_train.add_argument("--distributed", action="store_true",
+                         help="require a torchrun/slurm launch (detected automatically otherwise)")
+    p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p_train.add_argument("--no-progress", action="store_true")
+
     p_list = sub.add_parser("list-models", help="registered model names")
     p_list.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'robnet_*'")
 
@@ -202,7 +219,56 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "info": cmd_info}
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.overrides)
+    if args.model:
+        out.append(f"model.name={args.model}")
+    if args.genotype:
+        genotype = args.genotype
+        if Path(genotype).is_file():
+            genotype = Path(genotype).read_text().strip()
+        out += ["model.name=robnet", f"model.genotype={genotype}"]
+    for flag, key in (("method", "train.method"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+                      ("device", "train.device")):
+        if getattr(args, flag) is not None:
+            out.append(f"{key}={getattr(args, flag)}")
+    if args.bf16:
+        out.append("train.precision=bf16")
+    return out
+
+
+def run_training(config_path, overrides, *, output_dir=None, data_dir=None, resume=None, distributed=False,  # noqa: ANN001
+                 progress=True):  # noqa: ANN001, ANN201
+    """Load (or, when resuming, reload) the config, join the process group, train."""
+    from .config import load_config
+    from .runtime import resolve_device
+    from .training.distributed import init_distributed, shutdown
+    from .training.trainer import STATE_FILE, Trainer
+
+    if resume is not None:
+        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        saved = folder / "config.yaml"
+        if not (folder / STATE_FILE).is_file() or not saved.is_file():
+            raise RobnetsError(f"--resume {resume}: expected a run folder with {STATE_FILE} and config.yaml")
+        config = load_config(saved, overrides)
+    else:
+        config = load_config(config_path, overrides)
+    ctx = init_distributed(resolve_device(config.train.device).type, required=distributed)
+    try:
+        return Trainer(config, output_dir=output_dir, data_dir=data_dir, resume=resume, ctx=ctx,
+                       progress=progress).run()
+    finally:
+        shutdown(ctx)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    result = run_training(args.config, _train_overrides(args), output_dir=args.output_dir, data_dir=args.data_dir,
+                          resume=args.resume, distributed=args.distributed, progress=not args.no_progress)
+    print(f"run folder: {result.folder} ({'complete' if result.completed else 'interrupted: resume with --resume'})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "info": cmd_info}
 
 
 def run_guarded(fn, *args) -> int:  # noqa: ANN001
@@ -243,10 +309,14 @@ def _original(args: argparse.Namespace) -> int:
     from .evaluation.pipeline import run_evaluation
 
     if not args.eval_only:
-        raise RobnetsError("training (main.py without --eval_only) is not available in this version yet; "
-                           "add --eval_only to evaluate")
+        # the original trains with PGD-7 (its attack_param.num_steps is the evaluation's)
+        result = run_training(args.config, list(args.overrides), data_dir=args.data_dir,
+                              distributed=args.distributed)
+        print(f"run folder: {result.folder}")
+        return 0
     if args.distributed:
-        raise RobnetsError("--distributed evaluation is not available in this version yet; drop --distributed")
+        raise RobnetsError("--distributed evaluation is not available yet; drop --distributed (one process "
+                           "evaluates the whole test set)")
     overrides = list(args.overrides)
     if args.n is not None:
         overrides.append(f"eval.n={args.n}")

@@ -17,7 +17,9 @@ from .original import evaluate_expression, load_original_config_file
 from .schema import Config
 
 _CHOICES = {"attack.norm": ("Linf", "L2"), "eval.precision": ("fp32", "bf16"),
-            "eval.device": ("auto", "cpu", "cuda"), "eval.execution": ("fast", "plain")}
+            "eval.device": ("auto", "cpu", "cuda"), "eval.execution": ("fast", "plain"),
+            "train.method": ("pgd", "fgsm_rs", "nfgsm", "trades", "standard"), "train.precision": ("fp32", "bf16"),
+            "train.save_dtype": ("fp32", "fp16"), "train.device": ("auto", "cpu", "cuda")}
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -62,9 +62,35 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     no_wd: bool = True
-    epochs: int = 150
+    epochs: int = 150  # after the warm-up: the run lasts warmup_epochs + epochs, as in the original
     warmup_lr: float | None = None
     warmup_epochs: int = 0
+    method: str = "pgd"  # pgd | fgsm_rs | nfgsm | trades | standard
+    attack_steps: int = 7  # PGD / TRADES inner steps (the original trains with PGD-7)
+    fgsm_step: float = 1.25  # FGSM-RS step, in units of eps
+    nfgsm_noise: float = 2.0  # N-FGSM noise radius, in units of eps
+    nfgsm_step: float = 1.0  # N-FGSM step, in units of eps
+    trades_beta: float = 6.0
+    attack_train_mode: bool = False  # True: attack with BatchNorm in train mode, like the original
+    fast_attack: bool = True  # craft training attacks with the fast (eval-mode) engine
+    batch_size: int | None = None  # per process and micro-batch; default data.batch_size
+    accumulate: int = 1  # micro-batches per optimizer step (one GPU emulating a larger global batch)
+    reference_batch_size: int = 1536  # the batch the rates above were tuned for (linear scaling)
+    scale_lr: bool = True
+    lr_per_step: bool = False  # evaluate the schedule at fractional epochs
+    precision: str = "fp32"  # or bf16 autocast
+    ema_decay: float | None = None
+    train_size: int | None = None  # use only the first N training images (quick runs)
+    val_size: int = 1000  # held out from the end of the training set for robust validation
+    val_every: int = 1
+    val_attack_steps: int = 10
+    co_drop: float = 0.2  # PGD accuracy drop (absolute, on a training batch) flagged as catastrophic overfitting
+    stop_on_co: bool = False
+    checkpoint_every_steps: int = 0  # 0: resume checkpoints at epoch ends (and on interruption)
+    max_steps: int | None = None  # stop (with a resume checkpoint) after this many steps of this process
+    save_dtype: str = "fp32"  # final weights: fp32 or fp16
+    tensorboard: bool = False
+    device: str = "auto"
 
 
 @dataclass

@@ -1,0 +1,380 @@
+"""Adversarial training loop: original recipe and fast methods, exact resume, DDP, validation, best weights.
+
+A run folder holds ``config.yaml`` (resolved), ``train.log``, ``metrics.jsonl`` (one line per epoch),
+``state.pt`` (tensors-only resume state, written atomically), ``best.safetensors`` (best robust validation
+accuracy) and ``final.safetensors`` (weights with metadata). Interrupting (Ctrl-C, SIGTERM from slurm)
+saves the state of the step just finished; ``--resume RUN_DIR`` continues exactly: model, optimizer,
+EMA, epoch, position in the data order, the partial epoch's metrics; augmentation and attack randomness
+are derived from (seed, epoch, step, rank), so resumed batches equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..attacks import PGD
+from ..config import Config, save_config
+from ..data import load_dataset, resolve_data_root
+from ..data.arrays import ImageArrayDataset
+from ..errors import RobnetsError
+from ..io import atomic_path, write_text_atomic
+from ..models import RobNet, create_model
+from ..models.checkpoint import save_weights
+from ..runtime import autocast_context, eval_mode, resolve_device
+from .distributed import DistContext
+from .ema import ModelEMA
+from .loader import GpuBatchLoader
+from .methods import SINGLE_STEP, MethodSettings, make_inputs, training_loss
+from .schedule import build_optimizer, learning_rate, scaled_lr, set_learning_rate
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    completed: bool
+    epoch: int
+    step: int
+    best_val_robust: float | None
+    history: list[dict] = field(default_factory=list)
+
+
+def _seed_for(*parts: int) -> int:
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value * 6364136223846793005 + int(part) + 1442695040888963407) % (1 << 63)
+    return value
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001
+        if self.raised:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Train the model a :class:`Config` describes; see the module docstring for the run folder."""
+
+    def __init__(self, config: Config, *, output_dir: str | Path | None = None, data_dir: str | Path | None = None,
+                 resume: str | Path | None = None, ctx: DistContext | None = None, progress: bool = True,
+                 log_to_stderr: bool = True) -> None:
+        self.config = config
+        self.ctx = ctx or DistContext()
+        self.progress = progress and self.ctx.is_main
+        self.log_to_stderr = log_to_stderr
+        t = config.train
+        device = resolve_device(t.device)
+        self.device = self.ctx.device(device.type)
+        self.settings = MethodSettings(
+            name=t.method, eps=config.attack.eps, step_size=config.attack.step_size, steps=t.attack_steps,
+            fgsm_step=t.fgsm_step, nfgsm_noise=t.nfgsm_noise, nfgsm_step=t.nfgsm_step, trades_beta=t.trades_beta,
+            precision=t.precision, attack_train_mode=t.attack_train_mode)
+        self.batch_size = t.batch_size or config.data.batch_size
+        self.accumulate = t.accumulate
+        if self.accumulate < 1:
+            raise RobnetsError(f"train.accumulate must be at least 1, got {self.accumulate}")
+        self.global_batch = self.batch_size * self.ctx.world_size * self.accumulate
+        self.base_lr = scaled_lr(t.lr, self.global_batch, t.reference_batch_size) if t.scale_lr else t.lr
+        self.lr_min = t.lr_min * (self.base_lr / t.lr) if t.lr else t.lr_min
+        warm = t.warmup_lr if t.warmup_lr is not None else None
+        self.warmup_lr = warm * (self.base_lr / t.lr) if (warm is not None and t.lr) else warm
+        self.total_epochs = t.warmup_epochs + t.epochs
+
+        resume_state = None
+        if resume is not None:
+            resume = Path(resume)
+            state_path = resume / STATE_FILE if resume.is_dir() else resume
+            if not state_path.is_file():
+                raise RobnetsError(f"nothing to resume: {state_path} not found (give the run folder of an "
+                                   f"interrupted run)")
+            resume_state = torch.load(state_path, map_location="cpu", weights_only=True)
+            self.folder = state_path.parent
+        else:
+            self.folder = Path(output_dir) if output_dir else Path(config.output_dir) / (
+                f"train-{config.name}-{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self._resume_state = resume_state
+        self._data_dir = data_dir
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, message: str) -> None:
+        if not self.ctx.is_main:
+            return
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        if self.log_to_stderr:
+            print(line, file=sys.stderr, flush=True)
+        with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def _data(self) -> tuple[ImageArrayDataset, ImageArrayDataset | None]:
+        c, t = self.config, self.config.train
+        root = resolve_data_root(self._data_dir, c.data.root)
+        train = load_dataset(c.data.dataset, "train", root)
+        if not isinstance(train, ImageArrayDataset):
+            raise RobnetsError(f"training supports the 32x32 array datasets (cifar10, cifar100, svhn), not "
+                               f"{c.data.dataset}")
+        n = len(train)
+        val = None
+        if t.val_size > 0:
+            if t.val_size >= n:
+                raise RobnetsError(f"train.val_size={t.val_size} leaves no training data ({n} images)")
+            val = ImageArrayDataset(train.images[n - t.val_size:], train.labels[n - t.val_size:],
+                                    num_classes=train.num_classes, name="validation (held out)")
+            train = ImageArrayDataset(train.images[: n - t.val_size], train.labels[: n - t.val_size],
+                                      num_classes=train.num_classes, name=train.name)
+        if t.train_size is not None:
+            train = train.subset(t.train_size)
+        return train, val
+
+    def _lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        t = self.config.train
+        position = epoch + (step / steps_per_epoch if t.lr_per_step else 0.0)
+        return learning_rate(position, lr=self.base_lr, lr_min=self.lr_min, epochs=t.epochs,
+                             warmup_epochs=t.warmup_epochs, warmup_lr=self.warmup_lr)
+
+    def _engine(self, model: nn.Module) -> nn.Module:
+        """The model attacks run on: the fast eval engine where it applies."""
+        if self.config.train.fast_attack and not self.settings.attack_train_mode and isinstance(model, RobNet):
+            from ..acceleration import accelerate
+
+            return accelerate(model, self.device)[0]
+        return model
+
+    def _validate(self, model: nn.Module, val: ImageArrayDataset) -> dict[str, float]:
+        from ..evaluation import evaluate
+
+        c = self.config
+        engine = self._engine(model)
+        attack = PGD(engine, eps=c.attack.eps, alpha=c.attack.step_size, steps=c.train.val_attack_steps, seed=0)
+        results = evaluate(engine, val, {"clean": None, f"pgd{c.train.val_attack_steps}": attack},
+                           device=self.device, batch_size=max(self.batch_size, 64), progress=False)
+        return {"val_clean": results[0].accuracy, "val_robust": results[1].accuracy}
+
+    def _probe_batch_accuracy(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        """PGD-10 accuracy on a fixed training batch: collapses under catastrophic overfitting."""
+        c = self.config
+        engine = self._engine(model)
+        attack = PGD(engine, eps=c.attack.eps, alpha=c.attack.eps / 4, steps=10, seed=1)
+        x_adv = attack(x, y)
+        with torch.no_grad(), eval_mode(engine):
+            return 100.0 * (engine(x_adv).argmax(1) == y).float().mean().item()
+
+    def _save_state(self, path_state: dict) -> None:
+        if not self.ctx.is_main:
+            return
+        with atomic_path(self.folder / STATE_FILE) as tmp:
+            torch.save(path_state, tmp)
+
+    def _save_weights(self, model: nn.Module, name: str, extra: dict) -> Path:
+        c = self.config
+        dtype = torch.float16 if c.train.save_dtype == "fp16" else None
+        return save_weights(model, self.folder / name, model_name=c.model.name, dataset=c.data.dataset,
+                            threat_model=c.attack.norm, eps=c.attack.eps, dtype=dtype, extra_metadata=extra)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        c, t, ctx = self.config, self.config.train, self.ctx
+        if ctx.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self._resume_state is None:
+                save_config(c, self.folder / "config.yaml")
+        ctx.barrier()
+        train, val = self._data()
+        loader = GpuBatchLoader(train, self.batch_size * self.accumulate, device=self.device, shuffle=True, drop_last=True,
+                                augment=True, crop_padding=4, flip=True,
+                                cutout_length=c.data.cutout_length if c.data.cutout else 0, seed=c.seed,
+                                rank=ctx.rank, world_size=ctx.world_size)
+        steps_per_epoch = len(loader)
+        if steps_per_epoch < 1:
+            raise RobnetsError(f"{len(train)} training images make no batch of {self.global_batch}; lower "
+                               f"the batch size or raise train.train_size")
+
+        torch.manual_seed(c.seed)
+        model = create_model(c.model.name, **c.model.model_kwargs()).to(self.device)
+        model = model.to(memory_format=torch.channels_last)  # faster depthwise convs on CPU and GPU
+        optimizer = build_optimizer(model, lr=self.base_lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                    no_wd=t.no_wd)
+        ema = ModelEMA(model, t.ema_decay) if t.ema_decay else None
+
+        epoch, step, best, history = 0, 0, None, []
+        sums = [0.0, 0.0, 0.0]  # loss sum, correct, count (this epoch, this rank)
+        probe_best = None
+        if self._resume_state is not None:
+            s = self._resume_state
+            model.load_state_dict(s["model"])
+            optimizer.load_state_dict(s["optimizer"])
+            if ema is not None and "ema" in s:
+                ema.load_state_dict(s["ema"])
+            epoch, step = int(s["epoch"]), int(s["step"])
+            best = s.get("best_val_robust")
+            probe_best = s.get("probe_best")
+            sums = [float(v) for v in s["sums"]]
+            history = json.loads(s.get("history", "[]"))
+            torch.set_rng_state(s["rng_cpu"])
+            self.log(f"resuming {self.folder} at epoch {epoch}, step {step}/{steps_per_epoch}")
+            if ctx.is_main:  # metrics.jsonl holds exactly the finished epochs
+                write_text_atomic(self.folder / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+        net = model
+        if ctx.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        writer = None
+        if t.tensorboard and ctx.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RobnetsError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+            writer = SummaryWriter(str(self.folder / "tensorboard"))
+
+        probe = train.batch(0, min(len(train), 256)) if t.method in SINGLE_STEP else None
+        self.log(f"training {c.model.name} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+                 f"{c.data.dataset} ({len(train)} images, {len(val) if val else 0} held out) with {t.method}, "
+                 f"eps {c.attack.eps:.5f}, global batch {self.global_batch} over {ctx.world_size} process(es), "
+                 f"lr {self.base_lr:.5g}{' (scaled to the batch)' if t.scale_lr else ''}, {self.total_epochs} epochs, {self.device}, {t.precision}")
+        engine = self._engine(model)  # follows the weights as they change (folded parameters re-derived)
+        steps_done = 0
+        interrupted = False
+        with _StopFlag() as stop:
+            while epoch < self.total_epochs:
+                loader.set_epoch(epoch)
+                start_time = time.perf_counter()
+                bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
+                           disable=not self.progress, leave=False, dynamic_ncols=True)
+                for x, y in loader.iter_from(step):
+                    lr = self._lr(epoch, step, steps_per_epoch)
+                    set_learning_rate(optimizer, lr)
+                    optimizer.zero_grad(set_to_none=True)
+                    micro = list(zip(x.chunk(self.accumulate), y.chunk(self.accumulate)))
+                    for m, (xm, ym) in enumerate(micro):
+                        # randomness of shard (rank, micro-batch): equal for DDP rank r and micro-batch r
+                        generator = torch.Generator(device=self.device).manual_seed(
+                            _seed_for(c.seed, epoch, step, ctx.rank * self.accumulate + m))
+                        attack_model = model if self.settings.attack_train_mode else engine
+                        if self.settings.attack_train_mode:
+                            model.train()
+                        x_in = make_inputs(attack_model, xm, ym, self.settings, generator)
+                        model.train()
+                        sync = contextlib.nullcontext() if (m == len(micro) - 1 or not ctx.enabled) else net.no_sync()
+                        with sync:
+                            loss, logits = training_loss(net, xm, x_in, ym, self.settings)
+                            (loss / len(micro)).backward()
+                        sums[0] += loss.item() * ym.shape[0]
+                        sums[1] += (logits.argmax(1) == ym).sum().item()
+                        sums[2] += ym.shape[0]
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update(model)
+                    step += 1
+                    steps_done += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}%",
+                                    lr=f"{lr:.4g}")
+                    if not math.isfinite(loss.item()):
+                        raise RobnetsError(f"training diverged (loss {loss.item()}) at epoch {epoch}, step {step}; "
+                                           f"lower train.lr")
+                    want_stop = stop.raised or (t.max_steps is not None and steps_done >= t.max_steps)
+                    periodic = t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
+                    if want_stop or (periodic and step < steps_per_epoch):
+                        self._save_state(self._state(model, optimizer, ema, epoch, step, best, probe_best,
+                                                     sums, history))
+                    if want_stop:
+                        interrupted = True
+                        break
+                bar.close()
+                if interrupted:
+                    break
+                # ---- end of epoch: reduce metrics, validate, detect collapse, checkpoint
+                seconds = time.perf_counter() - start_time
+                loss_sum, correct, count = ctx.all_reduce_sum(sums, self.device)
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1, "lr": self._lr(epoch, 0, steps_per_epoch),
+                    "train_loss": loss_sum / count, "train_adv_acc": 100 * correct / count,
+                    "seconds": round(seconds, 2), "images_per_s": round(count / seconds, 1)}
+                if ctx.is_main:
+                    eval_model = ema.module if ema is not None else model
+                    if val is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == self.total_epochs):
+                        record.update(self._validate(eval_model, val))
+                        if best is None or record["val_robust"] > best:
+                            best = record["val_robust"]
+                            self._save_weights(eval_model, "best.safetensors",
+                                               {"epoch": epoch + 1, "val_robust": best, "val_clean": record["val_clean"],
+                                                "method": t.method})
+                            record["best"] = True
+                    if probe is not None:
+                        px, py = probe[0].to(self.device), probe[1].to(self.device)
+                        acc = self._probe_batch_accuracy(model, px, py)
+                        record["probe_pgd10_acc"] = acc
+                        if probe_best is not None and acc < probe_best - 100 * t.co_drop:
+                            record["catastrophic_overfitting"] = True
+                            self.log(f"WARNING catastrophic overfitting: PGD-10 accuracy on a training batch fell "
+                                     f"from {probe_best:.1f}% to {acc:.1f}% at epoch {epoch + 1}; best.safetensors "
+                                     f"keeps the weights from before; try nfgsm, a smaller fgsm_step or smaller eps")
+                        probe_best = acc if probe_best is None else max(probe_best, acc)
+                    history.append(record)
+                    with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    if writer is not None:
+                        for key, value in record.items():
+                            if isinstance(value, (int, float)) and key != "epoch":
+                                writer.add_scalar(key, value, epoch + 1)
+                    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in record.items() if k != "epoch")
+                    self.log(f"epoch {epoch + 1}/{self.total_epochs}: {shown}")
+                epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0.0]
+                self._save_state(self._state(model, optimizer, ema, epoch, step, best, probe_best, sums, history))
+                ctx.barrier()
+                if ctx.is_main and history and history[-1].get("catastrophic_overfitting") and t.stop_on_co:
+                    self.log("stopping: catastrophic overfitting (train.stop_on_co)")
+                    break
+
+        completed = epoch >= self.total_epochs
+        if interrupted:
+            self.log(f"stopped at epoch {epoch}, step {step}; state saved: resume with --resume {self.folder}")
+        elif ctx.is_main:
+            final_model = ema.module if ema is not None else model
+            path = self._save_weights(final_model, "final.safetensors",
+                                      {"epochs": epoch, "method": t.method, "best_val_robust": best})
+            self.log(f"done: {path}" + (f" (best robust validation accuracy {best:.2f}%)" if best is not None else ""))
+        if writer is not None:
+            writer.close()
+        return TrainResult(self.folder, completed, epoch, step, best, history)
+
+    def _state(self, model, optimizer, ema, epoch, step, best, probe_best, sums, history) -> dict:  # noqa: ANN001
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                 "best_val_robust": best, "probe_best": probe_best, "sums": torch.tensor(sums, dtype=torch.float64),
+                 "history": json.dumps(history), "rng_cpu": torch.get_rng_state()}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        return state

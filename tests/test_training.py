@@ -1,0 +1,304 @@
+"""Training: the original recipe's schedule and parameter groups, every method lowering the adversarial
+loss, exact resume after an interruption, DDP (2 gloo processes) equal to one process, CLI and main.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import robnets
+from robnets.attacks import PGD
+from robnets.config import load_config
+from robnets.data import load_sample
+from robnets.models.checkpoint import read_checkpoint
+from robnets.training import METHODS, MethodSettings, learning_rate, make_inputs, no_weight_decay_groups, training_loss
+from robnets.training.schedule import build_optimizer
+from robnets.training.trainer import Trainer
+
+from .conftest import REPO
+
+TINY = ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.batch_size=16", "train.val_size=32",
+        "train.lr=0.05", "train.scale_lr=false", "train.device=cpu", "train.val_attack_steps=2", "seed=3"]
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    """A CIFAR-10 folder (npz layout) made of the embedded real sample: 320 train, 180 test images."""
+    sample = load_sample()
+    images, labels = sample.images.numpy(), sample.labels.numpy()
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    np.savez(folder / "train.npz", images=images[:320], labels=labels[:320])
+    np.savez(folder / "test.npz", images=images[320:], labels=labels[320:])
+    return tmp_path / "data"
+
+
+def test_original_schedule_values():
+    rates = {e: learning_rate(e, lr=1.2, lr_min=0.001, epochs=150, warmup_epochs=20, warmup_lr=0.02)
+             for e in (0, 10, 19, 20, 95, 169)}
+    assert rates[0] == pytest.approx(0.02)
+    assert rates[10] == pytest.approx(0.61)
+    assert rates[19] == pytest.approx(0.02 + 19 / 20 * 1.18)
+    assert rates[20] == pytest.approx(1.2)
+    assert rates[95] == pytest.approx(0.001 + 1.199 / 2)
+    assert rates[169] == pytest.approx(0.001 + 1.199 * (1 + np.cos(np.pi * 149 / 150)) / 2)
+    assert learning_rate(170, lr=1.2, lr_min=0.001, epochs=150, warmup_epochs=20) == pytest.approx(0.001)
+
+
+def test_learning_rates_scale_with_the_global_batch():
+    config = load_config(REPO / "experiments/RobNet_free_cifar10/config.py")
+    trainer = Trainer(config, output_dir="/nonexistent-not-created")
+    assert trainer.global_batch == 48
+    assert trainer.base_lr == pytest.approx(1.2 * 48 / 1536)
+    assert trainer.warmup_lr == pytest.approx(0.02 * 48 / 1536)
+    assert trainer.total_epochs == 170
+    config = load_config(REPO / "experiments/RobNet_free_cifar10/config.py", ["train.accumulate=32"])
+    assert Trainer(config, output_dir="/nonexistent-not-created").base_lr == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("name", ["robnet_free", "preact_resnet18"])
+def test_no_weight_decay_on_batchnorm_and_biases(name):
+    model = robnets.create_model(name, **({"C": 4} if name == "robnet_free" else {}))
+    decay, free = no_weight_decay_groups(model, 1e-4)
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    biases = {id(m.bias) for m in model.modules() if getattr(m, "bias", None) is not None and not
+              isinstance(m, torch.nn.BatchNorm2d)}
+    assert {id(p) for p in free["params"]} == bn_params | biases
+    assert all(p.dim() > 1 for p in decay["params"])  # only conv / linear weights decay
+    assert decay["weight_decay"] == 1e-4 and free["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(free["params"]) == len(list(model.parameters()))
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0]
+
+
+def _recalibrate(model, x):
+    """Running BN statistics := this batch's, so eval mode computes what train mode trained."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(x)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.1
+    return model.eval()
+
+
+def _pgd_loss(model, x, y):
+    _recalibrate(model, x)
+    x_adv = PGD(model, eps=8 / 255, alpha=2 / 255, steps=3, seed=0)(x, y)
+    with torch.no_grad():
+        return F.cross_entropy(model(x_adv), y).item()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_lowers_the_adversarial_loss(method):
+    torch.manual_seed(0)
+    x, y = load_sample().batch(0, 32)
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    settings = MethodSettings(name=method, steps=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    before = _pgd_loss(model, x, y)
+    clean_before = F.cross_entropy(_recalibrate(model, x)(x), y).item()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        x_in = make_inputs(model, x, y, settings, g)
+        model.train()
+        loss, _ = training_loss(model, x, x_in, y, settings)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if method == "standard":
+        assert F.cross_entropy(_recalibrate(model, x)(x), y).item() < clean_before
+    else:
+        assert _pgd_loss(model, x, y) < before
+
+
+def test_adversarial_inputs_respect_each_method_geometry():
+    torch.manual_seed(0)
+    x, y = load_sample().batch(0, 16)
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3).train()
+    eps = 8 / 255
+    for method, radius in (("pgd", eps), ("fgsm_rs", eps), ("trades", eps), ("nfgsm", 3 * eps)):
+        x_in = make_inputs(model, x, y, MethodSettings(name=method, steps=2), torch.Generator().manual_seed(0))
+        assert (x_in - x).abs().max() <= radius + 1e-6 and x_in.min() >= 0 and x_in.max() <= 1
+    assert model.training  # the attack restored the mode
+
+
+def _train(overrides, data_dir, out, resume=None):
+    config = load_config(None, TINY + overrides) if resume is None else load_config(out / "config.yaml", overrides)
+    return Trainer(config, output_dir=out, data_dir=data_dir, resume=resume, progress=False,
+                   log_to_stderr=False).run()
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_cifar, tmp_path):
+    common = ["train.method=fgsm_rs", "train.epochs=2", "train.ema_decay=0.9", "data.cutout=true"]
+    full = _train(common, tiny_cifar, tmp_path / "full")
+    assert full.completed and full.epoch == 2
+    part = _train(common + ["train.max_steps=11"], tiny_cifar, tmp_path / "part")  # stops mid-epoch 1
+    assert not part.completed and (part.epoch, part.step) == (0, 11)
+    assert not (tmp_path / "part" / "final.safetensors").exists()
+    resumed = _train(["train.max_steps=null"], tiny_cifar, tmp_path / "part", resume=tmp_path / "part")
+    assert resumed.completed
+    a = read_checkpoint(tmp_path / "full" / "final.safetensors").state_dict
+    b = read_checkpoint(tmp_path / "part" / "final.safetensors").state_dict
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = lambda p: [json.loads(l) for l in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731, E741
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
+    assert [drop(r) for r in lines(tmp_path / "full")] == [drop(r) for r in lines(tmp_path / "part")]
+    assert not list((tmp_path / "part").glob("*.tmp"))
+
+
+def test_final_weights_carry_metadata_and_best_is_kept(tiny_cifar, tmp_path):
+    result = _train(["train.method=pgd", "train.attack_steps=2", "train.epochs=1"], tiny_cifar, tmp_path / "run")
+    meta = read_checkpoint(tmp_path / "run" / "final.safetensors").metadata
+    assert meta["model"] == "robnet_large_v1" and meta["dataset"] == "cifar10"
+    assert meta["threat_model"] == "Linf" and float(meta["eps"]) == pytest.approx(8 / 255)
+    assert meta["architecture"] == str(robnets.models.ROBNET_LARGE)
+    assert (tmp_path / "run" / "best.safetensors").exists() and result.best_val_robust is not None
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_loss", "train_adv_acc", "val_clean", "val_robust", "lr"} <= set(record)
+    model = robnets.models.checkpoint.load_model(tmp_path / "run" / "final.safetensors")
+    assert model.config["C"] == 4
+
+
+def _torchrun():
+    exe = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return exe if os.path.exists(exe) else None
+
+
+@pytest.mark.skipif(_torchrun() is None, reason="torchrun is not installed")
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_cifar, tmp_path):
+    """2 DDP ranks x 16 images == 1 process x 2 micro-batches of 16 (same shards, same BatchNorm groups)."""
+    args = TINY + ["train.method=pgd", "train.attack_steps=2", "train.attack_train_mode=true",
+                   "train.epochs=1", "train.train_size=96", "train.val_size=32"]
+    sets = [a for kv in args for a in ("--set", kv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [_torchrun(), "--nproc_per_node=2", "--master_port=29533", "-m", "robnets", "train", "--data-dir",
+         str(tiny_cifar), "--output-dir", str(tmp_path / "ddp"), "--no-progress", "--distributed", *sets],
+        capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: CPU kernels' rounding depends on the thread count
+    try:
+        single = _train(["train.method=pgd", "train.attack_steps=2", "train.attack_train_mode=true",
+                         "train.epochs=1", "train.train_size=96", "train.accumulate=2"], tiny_cifar, tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
+    assert single.completed
+    a = read_checkpoint(tmp_path / "ddp" / "final.safetensors").state_dict
+    b = read_checkpoint(tmp_path / "one" / "final.safetensors").state_dict
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    params = [name for name, _ in model.named_parameters()]
+    worst = max((a[k] - b[k]).abs().max().item() for k in params)
+    assert worst <= 1e-5, worst
+    start = robnets.create_model("robnet_large_v1", C=4, layers=3).state_dict()
+    assert not all(torch.equal(a[k], start[k]) for k in params)  # training really moved the weights
+    log = (tmp_path / "ddp" / "train.log").read_text()
+    assert "over 2 process(es)" in log and "global batch 32" in log
+
+
+@pytest.mark.skipif(_torchrun() is None, reason="torchrun is not installed")
+def test_ddp_with_eval_mode_fast_attacks_runs(tiny_cifar, tmp_path):
+    """The default path: attacks on the unwrapped fast engine, one DDP forward per step."""
+    args = TINY + ["train.method=fgsm_rs", "train.epochs=1", "train.train_size=64", "train.val_size=32"]
+    sets = [a for kv in args for a in ("--set", kv)]
+    proc = subprocess.run(
+        [_torchrun(), "--nproc_per_node=2", "--master_port=29534", "-m", "robnets", "train", "--data-dir",
+         str(tiny_cifar), "--output-dir", str(tmp_path / "ddp"), "--no-progress", *sets],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "final.safetensors").exists()
+    assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
+
+
+def test_original_main_py_trains(tiny_cifar, tmp_path):
+    config = tmp_path / "config.py"
+    config.write_text(f"""
+model = 'robnet_large_v1'
+model_param = dict(C=4, num_classes=10, layers=3, steps=4, multiplier=4, stem_multiplier=3, share=True, AdPoolSize=1)
+dataset = 'cifar10'
+dataset_param = dict(data_root='{tiny_cifar}', batch_size=16, num_workers=0, cutout=True)
+seed = 10
+save_path = '{tmp_path / "log"}'
+train_param = dict(learning_rate=1.2, learning_rate_min=0.001, momentum=0.9, weight_decay=0.0001, epochs=1,
+                   no_wd=True, warm_up_param=dict(warm_up_base_lr=0.02, warm_up_epochs=1))
+attack_param = {{'attack': True, 'epsilon': 8 / 255., 'num_steps': 20, 'step_size': 2 / 255., 'random_start': True}}
+""")
+    proc = subprocess.run([sys.executable, "main.py", "--config", str(config), "--set", "train.attack_steps=1",
+                           "--set", "train.train_size=64", "--set", "train.val_size=32", "--set", "train.device=cpu",
+                           "--set", "train.val_attack_steps=1"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "log").glob("train-*"))
+    assert len(runs) == 1
+    records = [json.loads(l) for l in (runs[0] / "metrics.jsonl").read_text().splitlines()]  # noqa: E741
+    assert [r["epoch"] for r in records] == [1, 2]  # 1 warm-up epoch + 1 cosine epoch, as the original counts
+    assert records[0]["lr"] == pytest.approx(0.02 * 16 / 1536)  # warm-up start, scaled to batch 16
+    saved = load_config(runs[0] / "config.yaml")
+    assert saved.data.cutout and saved.train.warmup_epochs == 1 and saved.train.method == "pgd"
+
+
+def test_train_cli_takes_a_genotype_string(tiny_cifar, tmp_path, capsys):
+    from robnets.cli import main
+
+    genotype = "0111-011111-10101110-1101111000"
+    code = main(["train", "--genotype", genotype, "--data-dir", str(tiny_cifar), "--method", "standard",
+                 "--epochs", "1", "--output-dir", str(tmp_path / "g"), "--no-progress", "--set", "model.C=4",
+                 "--set", "model.layers=3", "--set", "train.train_size=32", "--set", "train.val_size=32",
+                 "--set", "train.batch_size=16", "--set", "train.device=cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "g" / "final.safetensors").metadata["architecture"] == genotype
+
+
+def test_bad_training_input_is_one_line(capsys, tmp_path):
+    from robnets.cli import main
+
+    assert main(["train", "--model", "robnet_free", "--method", "magic"]) == 2
+    assert "train.method must be one of" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "expected a run folder" in capsys.readouterr().err
+
+
+def test_rank_detection_from_torchrun_and_slurm(monkeypatch):
+    from robnets.training.distributed import detect_environment
+
+    assert detect_environment({}) == {}
+    torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "h1", "MASTER_PORT": "1234"}
+    assert detect_environment(torchrun) == torchrun
+    slurm = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NODELIST": "gpu-node07"}
+    found = detect_environment(slurm)
+    assert found["RANK"] == "9" and found["WORLD_SIZE"] == "16" and found["LOCAL_RANK"] == "1"
+    assert found["MASTER_ADDR"] == "gpu-node07" and found["MASTER_PORT"] == str(20000 + 4242)
+    assert detect_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == {}  # a single task: no group
+
+
+def test_slurm_script_launches_one_task_per_gpu(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$SRUN_LOG"\n')
+    (fake / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SRUN_LOG": str(tmp_path / "args"),
+           "GPUS": "32", "GPUS_PER_NODE": "8"}
+    proc = subprocess.run(["bash", "scripts/slurm_train.sh", "gpu-part", "experiments/RobNet_large_cifar10/config.py",
+                           "--set", "train.epochs=5"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["-p", "gpu-part"]
+    assert "--ntasks=32" in args and "--ntasks-per-node=8" in args and "--gres=gpu:8" in args
+    tail = args[args.index("robnets"):]
+    assert tail == ["robnets", "train", "--config", "experiments/RobNet_large_cifar10/config.py", "--distributed",
+                    "--set", "train.epochs=5"]
+    usage = subprocess.run(["bash", "scripts/slurm_train.sh"], cwd=REPO, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
