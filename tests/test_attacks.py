@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robnets.attacks import FGSM, MIFGSM, PGD, PGDL2, create_attack, parse_attack_spec
+from robnets.attacks import FGSM, MIFGSM, PGD, PGDL2, CWLinf, DeepFool, create_attack, parse_attack_spec
+from robnets.attacks.cw import margin_loss
 from robnets.errors import RobnetsError
 
 EPS = 8 / 255
@@ -25,6 +26,8 @@ ATTACKS = {
     "pgd_no_random_start": lambda m: PGD(m, eps=EPS, alpha=2 / 255, steps=5, random_start=False),
     "pgdl2": lambda m: PGDL2(m, eps=0.5, alpha=0.2, steps=5, seed=0),
     "mifgsm": lambda m: MIFGSM(m, eps=EPS, alpha=2 / 255, steps=5),
+    "cw": lambda m: CWLinf(m, eps=EPS, alpha=2 / 255, steps=5, seed=0),
+    "deepfool": lambda m: DeepFool(m, eps=EPS, steps=10),
 }
 
 
@@ -37,6 +40,9 @@ def _norm(delta, threat_model):
 def test_adversarial_examples_stay_in_the_ball_and_in_unit_range(tiny_robnet, name):
     attack = ATTACKS[name](tiny_robnet)
     x, y = _data()
+    if name == "deepfool":  # a minimal-perturbation attack leaves already-misclassified points alone
+        with torch.no_grad():
+            y = tiny_robnet.eval()(x).argmax(1)
     x_adv = attack(x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -192,9 +198,37 @@ def test_attack_names():
     assert parse_attack_spec("PGD-100") == ("pgd", 100)
     assert parse_attack_spec("pgdl2-20") == ("pgdl2", 20)
     assert parse_attack_spec("clean") == ("clean", None)
-    with pytest.raises(RobnetsError, match="unknown attack 'cw'"):
-        parse_attack_spec("cw")
+    with pytest.raises(RobnetsError, match="unknown attack 'jsma'"):
+        parse_attack_spec("jsma")
+    assert parse_attack_spec("cw30") == ("cw", 30) and parse_attack_spec("deepfool") == ("deepfool", None)
     attack = create_attack("pgd7", nn.Linear(1, 1), eps=4 / 255, alpha=1 / 255)
     assert isinstance(attack, PGD) and attack.steps == 7 and attack.eps == 4 / 255
     assert create_attack("clean", nn.Linear(1, 1)) is None
     assert create_attack("mifgsm", nn.Linear(1, 1)).steps == 10
+
+
+def test_cw_margin_loss():
+    logits = torch.tensor([[3.0, 1.0, 2.5], [0.0, 4.0, 1.0]])
+    assert torch.allclose(margin_loss(logits, torch.tensor([0, 0])), torch.tensor([0.0, 4.0]))
+    assert torch.allclose(margin_loss(logits, torch.tensor([0, 0]), kappa=1.0), torch.tensor([-0.5, 4.0]))
+    assert torch.allclose(margin_loss(logits, torch.tensor([0, 0]), kappa=0.2), torch.tensor([-0.2, 4.0]))
+
+
+def test_deepfool_finds_the_boundary_of_a_linear_model():
+    """For a linear binary classifier the L∞ distance to the boundary is |f| / ||w||_1: DeepFool reaches it."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    x = torch.rand(6, 3, 4, 4) * 0.5 + 0.25
+    with torch.no_grad():
+        y = linear(x).argmax(1)
+        w = linear[1].weight[1] - linear[1].weight[0]
+        margin = (linear(x)[:, 1] - linear(x)[:, 0]).abs()
+    distance = margin / w.abs().sum()
+    x_adv = DeepFool(linear, eps=1.0, overshoot=0.0)(x, y)
+    found = (x_adv - x).flatten(1).abs().amax(1)
+    with torch.no_grad():
+        assert (linear(x_adv).argmax(1) != y).all()
+    assert torch.allclose(found, distance, rtol=0.02, atol=1e-3)
+    bounded = DeepFool(linear, eps=float(distance.min()) / 2)(x, y)  # every boundary beyond eps: no success
+    with torch.no_grad():
+        assert (linear(bounded).argmax(1) == y).all()

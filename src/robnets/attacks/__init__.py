@@ -1,7 +1,8 @@
 """Adversarial attacks with the torchattacks call shape: ``PGD(model, eps=8/255, alpha=2/255, steps=20)(x, y)``.
 
 ``create_attack('pgd20', model, eps=..., alpha=...)`` builds one from a short name, as used by the CLI:
-``fgsm``, ``pgd<steps>`` (L∞), ``pgdl2-<steps>`` (L2), ``mifgsm[<steps>]``; ``clean`` means no attack.
+``fgsm``, ``pgd<steps>`` (L∞), ``pgdl2-<steps>`` (L2), ``mifgsm[<steps>]``, ``cw[<steps>]`` (CW-L∞ margin),
+``deepfool``; ``clean`` means no attack.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ from torch import nn
 from ..errors import RobnetsError
 from ..runtime import eval_mode
 from .base import Attack, L2Attack, LinfAttack
+from .cw import CWLinf
+from .deepfool import DeepFool
 from .fgsm import FGSM
 from .mifgsm import MIFGSM
 from .pgd import PGD
 from .pgd_l2 import PGDL2
 
-ATTACK_NAMES = ("clean", "fgsm", "pgd<steps>", "pgdl2-<steps>", "mifgsm[<steps>]")
-_SPEC = re.compile(r"^(clean|fgsm|pgdl2|pgd|mifgsm)-?(\d+)?$")
+ATTACK_NAMES = ("clean", "fgsm", "pgd<steps>", "pgdl2-<steps>", "mifgsm[<steps>]", "cw[<steps>]", "deepfool")
+_SPEC = re.compile(r"^(clean|fgsm|deepfool|pgdl2|pgd|mifgsm|cw)-?(\d+)?$")
 
 
 def parse_attack_spec(spec: str) -> tuple[str, int | None]:
     """'pgd20' -> ('pgd', 20); 'clean' -> ('clean', None). Raises on anything else."""
     match = _SPEC.match(spec.strip().lower())
-    if not match or (match.group(1) in ("clean", "fgsm") and match.group(2)):
+    if not match or (match.group(1) in ("clean", "fgsm", "deepfool") and match.group(2)):
         raise RobnetsError(f"unknown attack {spec!r}: use one of {', '.join(ATTACK_NAMES)} (e.g. pgd20)")
     return match.group(1), int(match.group(2)) if match.group(2) else None
 
@@ -57,9 +60,14 @@ def create_attack(
                    **common)
     if kind == "pgdl2":
         return PGDL2(model, eps=l2_eps, alpha=l2_alpha, steps=steps, random_start=random_start, **common)
+    if kind == "deepfool":
+        return DeepFool(model, eps=eps, precision=precision)
+    if kind == "cw":
+        return CWLinf(model, eps=eps, alpha=eps / 10, steps=named_steps or 30, random_start=random_start,
+                      **common)
     mi_steps = named_steps if named_steps is not None else 10
     return MIFGSM(model, eps=eps, alpha=eps / mi_steps, steps=mi_steps, **common)
 
 
-__all__ = ["Attack", "LinfAttack", "L2Attack", "FGSM", "PGD", "PGDL2", "MIFGSM", "create_attack",
+__all__ = ["Attack", "LinfAttack", "L2Attack", "FGSM", "PGD", "PGDL2", "MIFGSM", "CWLinf", "DeepFool", "create_attack",
            "parse_attack_spec", "eval_mode", "ATTACK_NAMES"]

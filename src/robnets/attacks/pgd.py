@@ -40,7 +40,8 @@ class PGD(LinfAttack):
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = self.start(x)
-        if self.cuda_graphs and x.is_cuda and self.steps > 0:
+        plain_loss = type(self).loss is LinfAttack.loss  # the captured step computes cross-entropy
+        if self.cuda_graphs and plain_loss and x.is_cuda and self.steps > 0:
             from ..acceleration.cuda_graphs import GraphCache
 
             self._graphs = self._graphs or GraphCache()
