@@ -73,7 +73,7 @@ def test_eval_with_an_original_checkpoint_on_real_cifar10(tmp_path, capsys, refe
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["eval", "--sample", "--untrained", "--attacks", "cw"], "unknown attack 'cw'"),
+        (["eval", "--sample", "--untrained", "--attacks", "jsma"], "unknown attack 'jsma'"),
         (["eval", "--sample", "--checkpoint", "/nonexistent/w.pth.tar"], "checkpoint /nonexistent/w.pth.tar not found"),
         (["eval", "--sample"], "no weights to evaluate"),
         (["eval", "--untrained", "--data-dir", "/nonexistent"], "cifar10 not found under /nonexistent"),
