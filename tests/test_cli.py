@@ -164,3 +164,56 @@ def test_original_main_py_explains_what_is_missing(tmp_path):
         "mode; pass --checkpoint PATH"]
     proc = _run("main.py", "--config", "./experiments/RobNet_large_cifar10/config.py", "--eval_only")
     assert proc.returncode == 2 and "original RobNets download link is dead" in proc.stderr
+
+
+TINY_EVAL = ["--model", "robnet_large_v1", "--set", "model.C=4", "--set", "model.layers=3", "--untrained",
+             "--sample", "--no-progress", "--device", "cpu"]
+
+
+def test_paper_suite_and_eps_sweep(tmp_path, capsys):
+    out = tmp_path / "paper"
+    code = main(["eval", *TINY_EVAL, "--suite", "paper", "--n", "6", "--eps-sweep", "0,4,8,16",
+                 "--set", "eval.sweep_steps=3", "--output-dir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "results.json").read_text())
+    assert [r["attack"] for r in result["results"]] == ["clean", "fgsm", "pgd20", "pgd100", "deepfool", "mifgsm"]
+    assert {f["name"] for f in result["sanity"]} >= {"randomized_outputs", "zero_gradients", "eps_zero"}
+    sweep = json.loads((out / "eps_sweep.json").read_text())
+    accuracies = [p["accuracy"] for p in sweep["points"]]
+    assert [p["eps_255"] for p in sweep["points"]] == pytest.approx([0, 4, 8, 16])
+    assert accuracies[0] == by_name_accuracy(result, "clean")
+    assert all(b <= a for a, b in zip(accuracies, accuracies[1:]))
+    assert (out / "eps_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Sanity checks" in (out / "results.md").read_text()
+
+
+def by_name_accuracy(result, name):
+    return next(r["accuracy"] for r in result["results"] if r["attack"] == name)
+
+
+def test_autoattack_suite_rows_are_a_cascade(tmp_path, capsys):
+    out = tmp_path / "aa"
+    code = main(["eval", *TINY_EVAL, "--suite", "autoattack", "--n", "4", "--output-dir", str(out),
+                 "--sanity", "off"])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["attack"] for r in rows] == ["clean", "aa:apgd-ce", "aa:apgd-t", "aa:fab-t", "aa:square", "autoattack"]
+    accuracies = [r["accuracy"] for r in rows]
+    assert all(b <= a for a, b in zip(accuracies[:-1], accuracies[1:-1])) and accuracies[-1] == accuracies[-2]
+    assert (out / "autoattack_state.json").exists()  # resumable
+
+
+def test_transfer_and_eot(tmp_path, capsys):
+    import robnets
+    from robnets.models.checkpoint import save_weights
+
+    torch.manual_seed(1)
+    source = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    save_weights(source, tmp_path / "source.safetensors", dataset="cifar10")
+    out = tmp_path / "transfer"
+    code = main(["eval", *TINY_EVAL, "--attacks", "clean,pgd2", "--n", "6", "--transfer-from",
+                 str(tmp_path / "source.safetensors"), "--eot", "2", "--output-dir", str(out), "--sanity", "off"])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["attack"] for r in rows] == ["clean", "transfer:pgd2"]
+    assert rows[1]["settings"]["transfer_from"] and rows[1]["settings"]["eot_iter"] == 2

@@ -37,6 +37,17 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (fp32 default)")
+    parser.add_argument("--suite", choices=["quick", "paper", "autoattack"],
+                        help="named attack set: quick (clean, PGD-20), paper (RobNets Table 1), autoattack")
+    parser.add_argument("--autoattack-version", choices=["standard", "plus", "rand"])
+    parser.add_argument("--eps-sweep", nargs="?", const="0,1,2,4,6,8,10,12,16", metavar="EPS_LIST",
+                        help="accuracy-vs-eps plot (PNG + JSON) at these eps in units of 1/255")
+    parser.add_argument("--transfer-from", metavar="CHECKPOINT",
+                        help="black-box transfer: craft the attacks on this model, score them on the evaluated one")
+    parser.add_argument("--transfer-model", help="registered name of the transfer source (if not in its metadata)")
+    parser.add_argument("--eot", type=int, metavar="K", help="average attack gradients over K forward passes")
+    parser.add_argument("--sanity", choices=["off", "quick", "full"],
+                        help="sanity checks written into the results (default quick)")
     parser.add_argument("--plain", action="store_true",
                         help="run the model exactly as the original implementation does (no fast path)")
     parser.add_argument("--output-dir", help="run folder for results.json, results.md, config.yaml")
@@ -108,6 +119,24 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
         out.append("eval.precision=bf16")
     if args.plain:
         out.append("eval.execution=plain")
+    if args.sanity:
+        out.append(f"eval.sanity={args.sanity}")
+    if args.suite:
+        from .evaluation.suites import SUITES
+
+        if args.attacks:
+            raise RobnetsError("give --suite or --attacks, not both")
+        out.append(f"eval.attacks={','.join(SUITES[args.suite])}")
+    if args.autoattack_version:
+        out.append(f"eval.autoattack_version={args.autoattack_version}")
+    if args.eps_sweep:
+        out.append(f"eval.eps_sweep_255=[{args.eps_sweep}]")
+    if args.transfer_from:
+        out.append(f"eval.transfer_checkpoint={args.transfer_from}")
+    if args.transfer_model:
+        out.append(f"eval.transfer_model={args.transfer_model}")
+    if args.eot:
+        out.append(f"attack.eot_iter={args.eot}")
     return out
 
 
@@ -124,6 +153,11 @@ def _print_run(run, out=None) -> None:  # noqa: ANN001
     print(run.table(), file=out)
     print(f"\nweights: {run.meta['weights']}", file=out)
     print(f"results: {run.files['json']}  table: {run.files['markdown']}  config: {run.files['config']}", file=out)
+    if "eps_sweep" in run.meta:
+        print(f"eps sweep: {run.meta['eps_sweep']['png']} (data {run.meta['eps_sweep']['json']})", file=out)
+    flagged = [f for f in run.meta.get("sanity", []) if f["fired"]]
+    for flag in flagged:
+        print(f"SANITY FLAG {flag['name']}: {flag['message']}", file=out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -38,6 +38,6 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
     device = torch.device(device)
     if kernels == "auto":
         kernels = "triton" if triton_usable(device) else "torch"
-    fast = FastRobNet(model, channels_last=channels_last, kernels=kernels)
+    fast = FastRobNet(model, channels_last=channels_last, kernels=kernels).train(model.training)
     layout = "channels-last" if channels_last else "NCHW"
     return fast, f"fast (zero edges skipped, BatchNorm folded, shared ReLUs, {layout}, {kernels} kernels)"

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import RobnetsError
 from ..runtime import eval_mode
+from .autoattack import APGD, APGDT, FAB, AutoAttack, Square
 from .base import Attack, L2Attack, LinfAttack
 from .cw import CWLinf
 from .deepfool import DeepFool
@@ -21,14 +22,16 @@ from .mifgsm import MIFGSM
 from .pgd import PGD
 from .pgd_l2 import PGDL2
 
-ATTACK_NAMES = ("clean", "fgsm", "pgd<steps>", "pgdl2-<steps>", "mifgsm[<steps>]", "cw[<steps>]", "deepfool")
-_SPEC = re.compile(r"^(clean|fgsm|deepfool|pgdl2|pgd|mifgsm|cw)-?(\d+)?$")
+ATTACK_NAMES = ("clean", "fgsm", "pgd<steps>", "pgdl2-<steps>", "mifgsm[<steps>]", "cw[<steps>]", "deepfool",
+                "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
+_SPEC = re.compile(r"^(clean|fgsm|deepfool|apgd-ce|apgd-t|fab-t|square|autoattack|pgdl2|pgd|mifgsm|cw)-?(\d+)?$")
 
 
 def parse_attack_spec(spec: str) -> tuple[str, int | None]:
     """'pgd20' -> ('pgd', 20); 'clean' -> ('clean', None). Raises on anything else."""
     match = _SPEC.match(spec.strip().lower())
-    if not match or (match.group(1) in ("clean", "fgsm", "deepfool") and match.group(2)):
+    if not match or (match.group(1) in ("clean", "fgsm", "deepfool", "apgd-ce", "apgd-t", "fab-t", "square",
+                                        "autoattack") and match.group(2)):
         raise RobnetsError(f"unknown attack {spec!r}: use one of {', '.join(ATTACK_NAMES)} (e.g. pgd20)")
     return match.group(1), int(match.group(2)) if match.group(2) else None
 
@@ -46,11 +49,12 @@ def create_attack(
     precision: str = "fp32",
     seed: int | None = None,
     cuda_graphs: bool = False,
+    eot_iter: int = 1,
 ) -> Attack | None:
     """Build the attack a short name stands for (``None`` for 'clean'); steps in the name win over ``steps``."""
     kind, named_steps = parse_attack_spec(spec)
     steps = named_steps if named_steps is not None else steps
-    common = dict(precision=precision, seed=seed)
+    common = dict(precision=precision, seed=seed, eot_iter=eot_iter)
     if kind == "clean":
         return None
     if kind == "fgsm":
@@ -60,8 +64,19 @@ def create_attack(
                    **common)
     if kind == "pgdl2":
         return PGDL2(model, eps=l2_eps, alpha=l2_alpha, steps=steps, random_start=random_start, **common)
+    if kind == "autoattack":
+        raise RobnetsError("'autoattack' is a cascade of attacks, not one attack: use robnets.attacks.AutoAttack "
+                           "or `robnets eval --suite autoattack`")
+    if kind == "apgd-ce":
+        return APGD(model, norm="Linf", eps=eps, loss="ce", seed=seed or 0, precision=precision, eot_iter=eot_iter)
+    if kind == "apgd-t":
+        return APGDT(model, norm="Linf", eps=eps, seed=seed or 0, precision=precision)
+    if kind == "fab-t":
+        return FAB(model, norm="Linf", eps=eps, targeted=True, seed=seed or 0)
+    if kind == "square":
+        return Square(model, norm="Linf", eps=eps, seed=seed or 0)
     if kind == "deepfool":
-        return DeepFool(model, eps=eps, precision=precision)
+        return DeepFool(model, eps=eps, precision=precision, eot_iter=eot_iter)
     if kind == "cw":
         return CWLinf(model, eps=eps, alpha=eps / 10, steps=named_steps or 30, random_start=random_start,
                       **common)
@@ -69,5 +84,6 @@ def create_attack(
     return MIFGSM(model, eps=eps, alpha=eps / mi_steps, steps=mi_steps, **common)
 
 
-__all__ = ["Attack", "LinfAttack", "L2Attack", "FGSM", "PGD", "PGDL2", "MIFGSM", "CWLinf", "DeepFool", "create_attack",
+__all__ = ["Attack", "LinfAttack", "L2Attack", "FGSM", "PGD", "PGDL2", "MIFGSM", "CWLinf", "DeepFool", "APGD",
+           "APGDT", "FAB", "Square", "AutoAttack", "create_attack",
            "parse_attack_spec", "eval_mode", "ATTACK_NAMES"]

@@ -53,7 +53,7 @@ class Attack:
     threat_model = "Linf"
 
     def __init__(self, model: nn.Module, eps: float, *, targeted: bool = False, precision: str = "fp32",
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, eot_iter: int = 1) -> None:
         if not isinstance(model, nn.Module):
             raise RobnetsError(f"attacks need an nn.Module, got {type(model).__name__}")
         if not eps >= 0:
@@ -63,6 +63,9 @@ class Attack:
         self.targeted = bool(targeted)
         self.precision = check_precision(precision)
         self.seed = seed
+        if not isinstance(eot_iter, int) or eot_iter < 1:
+            raise RobnetsError(f"eot_iter must be a positive integer, got {eot_iter!r}")
+        self.eot_iter = eot_iter  # >1: Expectation over Transformation for randomized models
         self._generators: dict[str, torch.Generator] = {}
 
     # ------------------------------------------------------------------ public API
@@ -89,7 +92,7 @@ class Attack:
     def describe(self) -> dict:
         """The attack's settings, for result files."""
         return {"threat_model": self.threat_model, "eps": self.eps, "targeted": self.targeted,
-                "precision": self.precision, "seed": self.seed}
+                "precision": self.precision, "seed": self.seed, "eot_iter": self.eot_iter}
 
     # ------------------------------------------------------------------ helpers for subclasses
     def generator(self, device: torch.device) -> torch.Generator | None:
@@ -115,11 +118,14 @@ class Attack:
         """Gradient of the attack objective w.r.t. ``x_adv``; sign flipped for targeted attacks so that
         ascending it always moves toward success."""
         x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad(), autocast_context(x_adv.device, self.precision):
-            logits = self.model(x_adv)
-        loss = self.loss(logits, y)
-        (grad,) = torch.autograd.grad(loss, [x_adv])
-        grad = grad.detach().to(x_adv.dtype)
+        grad = torch.zeros_like(x_adv)
+        for _ in range(self.eot_iter):  # EOT: average the gradient over the model's randomness
+            with torch.enable_grad(), autocast_context(x_adv.device, self.precision):
+                logits = self.model(x_adv)
+            loss = self.loss(logits, y)
+            (g,) = torch.autograd.grad(loss, [x_adv])
+            grad += g.detach().to(x_adv.dtype)
+        grad /= self.eot_iter
         return -grad if self.targeted else grad
 
 

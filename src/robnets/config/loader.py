@@ -17,7 +17,8 @@ from .original import evaluate_expression, load_original_config_file
 from .schema import Config
 
 _CHOICES = {"attack.norm": ("Linf", "L2"), "eval.precision": ("fp32", "bf16"),
-            "eval.device": ("auto", "cpu", "cuda"), "eval.execution": ("fast", "plain"),
+            "eval.device": ("auto", "cpu", "cuda"), "eval.execution": ("fast", "plain"), "eval.sanity": ("off", "quick", "full"),
+            "eval.autoattack_version": ("standard", "plus", "rand"),
             "train.method": ("pgd", "fgsm_rs", "nfgsm", "trades", "standard"), "train.precision": ("fp32", "bf16"),
             "train.save_dtype": ("fp32", "fp16"), "train.device": ("auto", "cpu", "cuda")}
 
@@ -74,6 +75,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a string, got {value!r} (YAML reads unquoted on/off/yes/no as "
+                              f"booleans: quote the word, e.g. '{'on' if value else 'off'}')")
         raise ConfigError(f"{where} must be a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported type {_describe(tp)}")
 
@@ -152,6 +156,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value (e.g. attack.steps=100)")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if raw.strip().lower() in ("on", "off", "yes", "no", "y", "n"):
+        return key, raw.strip()  # YAML 1.1 would read these as booleans; here they are words (e.g. sanity=off)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

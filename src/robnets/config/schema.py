@@ -51,6 +51,7 @@ class AttackConfig:
     random_start: bool = True
     l2_eps: float = 0.5
     l2_step_size: float = 0.1
+    eot_iter: int = 1  # >1: average gradients over several forward passes (randomized models)
 
 
 @dataclass
@@ -110,6 +111,13 @@ class EvalConfig:
     device: str = "auto"
     attack_seed: int = 0
     execution: str = "fast"  # 'fast' (FastRobNet where it applies) or 'plain' (the original's execution)
+    sanity: str = "quick"  # off | quick | full: checks written into every result
+    sanity_n: int = 64  # examples the sanity checks use
+    autoattack_version: str = "standard"  # standard | plus | rand
+    eps_sweep_255: list[float] = field(default_factory=list)  # PGD accuracy at these eps (units of 1/255)
+    sweep_steps: int = 20
+    transfer_checkpoint: str | None = None  # craft attacks on this model, score them on the evaluated one
+    transfer_model: str | None = None  # its registered name (not needed for this project's safetensors)
 
 
 @dataclass

@@ -58,15 +58,15 @@ def attack_set(config: Config, model: nn.Module, cuda_graphs: bool = False) -> d
     attacks = {}
     for spec in config.eval.attacks:
         name = spec.strip().lower()
-        if not config.attack.enabled and name != "clean":
+        if (not config.attack.enabled and name != "clean") or name == "autoattack":
             continue
         attacks[name] = create_attack(
             name, model, eps=config.attack.eps, alpha=config.attack.step_size, steps=config.attack.steps,
             random_start=config.attack.random_start, l2_eps=config.attack.l2_eps,
             l2_alpha=config.attack.l2_step_size, precision=config.eval.precision, seed=config.eval.attack_seed,
-            cuda_graphs=cuda_graphs,
+            cuda_graphs=cuda_graphs, eot_iter=config.attack.eot_iter,
         )
-    if not attacks:
+    if not attacks and "autoattack" not in [a.strip().lower() for a in config.eval.attacks]:
         raise RobnetsError("no attacks to run: give --attacks (e.g. clean,pgd20)")
     return attacks
 
@@ -138,9 +138,50 @@ def run_evaluation(
     log(f"==> Evaluating {config.model.name} on {dataset_name} ({len(dataset)} images; n={config.eval.n or 'all'}) "
         f"on {device}, {config.eval.precision}, batch {batch_size}")
     log(f"==> Execution: {execution}")
+    if config.eval.transfer_checkpoint:
+        from ..models.checkpoint import load_model
+        from .suites import TransferAttack
+
+        source = load_model(config.eval.transfer_checkpoint, config.eval.transfer_model).to(device).eval()
+        source_engine = accelerate(source, device)[0] if config.eval.execution == "fast" else source
+        source_attacks = attack_set(config, source_engine)
+        attacks = {f"transfer:{k}": (TransferAttack(engine, a) if a is not None else None)
+                   for k, a in source_attacks.items()}
+        attacks = {k.replace("transfer:clean", "clean"): v for k, v in attacks.items()}
+        log(f"==> Transfer attacks crafted on {config.eval.transfer_checkpoint}")
     results = evaluate(engine, dataset, attacks, device=device, batch_size=batch_size, n=config.eval.n,
                        n_attack=n_attack, precision=config.eval.precision,
-                       num_workers=config.data.num_workers if dataset_name == "imagenet" else 0, progress=progress)
+                       num_workers=config.data.num_workers if dataset_name == "imagenet" else 0,
+                       progress=progress) if attacks else []
+    if "autoattack" in [a.strip().lower() for a in config.eval.attacks]:
+        from .suites import collect, run_autoattack
+
+        count = min(len(dataset), config.eval.n or len(dataset), n_attack or len(dataset))
+        x_all, y_all = collect(dataset, count, batch_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        results += run_autoattack(engine, x_all, y_all, norm=config.attack.norm, eps=config.attack.eps
+                                  if config.attack.norm == "Linf" else config.attack.l2_eps,
+                                  version=config.eval.autoattack_version, seed=config.eval.attack_seed,
+                                  precision=config.eval.precision, batch_size=batch_size,
+                                  state_path=folder / "autoattack_state.json", log=log)
+    sweep = None
+    if config.eval.eps_sweep_255:
+        from .suites import eps_sweep
+
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep = eps_sweep(engine, dataset, eps_values=[e / 255 for e in config.eval.eps_sweep_255],
+                          steps=config.eval.sweep_steps, n=min(len(dataset), n_attack or config.eval.n or len(dataset)),
+                          batch_size=batch_size, device=device, precision=config.eval.precision,
+                          seed=config.eval.attack_seed, folder=folder, log=log)
+    sanity = []
+    if config.eval.sanity != "off":
+        from .runner import iterate_batches
+        from .sanity import run_sanity_checks
+
+        xs, ys = next(iterate_batches(dataset, min(config.eval.sanity_n, len(dataset)), config.eval.sanity_n))
+        sanity = run_sanity_checks(engine, xs.to(device), ys.to(device), eps=config.attack.eps,
+                                   level=config.eval.sanity, precision=config.eval.precision,
+                                   log=lambda line: log(f"==> sanity {line}"))
     spec = model_info(config.model.name)
     meta = {
         "model": config.model.name,
@@ -157,7 +198,10 @@ def run_evaluation(
         "seed": config.seed,
         "published": spec.published,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "sanity": [flag.to_dict() for flag in sanity],
     }
+    if sweep is not None:
+        meta["eps_sweep"] = {"json": str(folder / "eps_sweep.json"), "png": str(folder / "eps_sweep.png")}
     files = write_results(results, folder, meta)
     files["config"] = save_config(config, folder / "config.yaml")
     return EvaluationRun(results, folder, files, meta)

@@ -47,5 +47,9 @@ def write_results(results: Sequence[AttackResult], folder: str | Path, meta: dic
     for key in ("weights", "checkpoint", "threat_model", "eps", "device", "precision"):
         if meta.get(key) is not None:
             header.append(f"- {key}: {meta[key]}")
-    write_text_atomic(md_path, "\n".join(header + ["", results_table(results), ""]))
+    lines = header + ["", results_table(results), ""]
+    if meta.get("sanity"):
+        lines += ["## Sanity checks", ""] + [
+            f"- [{'FLAG' if f['fired'] else 'ok'}] {f['name']}: {f['message']}" for f in meta["sanity"]] + [""]
+    write_text_atomic(md_path, "\n".join(lines))
     return {"json": json_path, "markdown": md_path}

@@ -207,8 +207,7 @@ class Trainer:
         c, t, ctx = self.config, self.config.train, self.ctx
         if ctx.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
-            if self._resume_state is None:
-                save_config(c, self.folder / "config.yaml")
+            save_config(c, self.folder / "config.yaml")  # the resolved config (a resume may override)
         ctx.barrier()
         train, val = self._data()
         loader = GpuBatchLoader(train, self.batch_size * self.accumulate, device=self.device, shuffle=True, drop_last=True,

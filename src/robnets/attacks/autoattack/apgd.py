@@ -87,7 +87,7 @@ class APGD(SampleSeededAttack):
         else:
             num_classes_check(n_classes, 2, "APGD")
 
-    def _targets(self, logits: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+    def _targets(self, logits: torch.Tensor, y: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
         return [(0, None)]
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -116,7 +116,7 @@ class APGD(SampleSeededAttack):
         success = logits.argmax(1) != y
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         if self.eps > 0:
-            for target_rank, target in self._targets(logits):
+            for target_rank, target in self._targets(logits, y):
                 for restart in range(self.n_restarts):
                     todo = (~success).nonzero().squeeze(1)
                     if todo.numel() == 0:
@@ -150,7 +150,7 @@ class APGD(SampleSeededAttack):
         lbest_out = loss.clone()
 
         # working state of the samples still being attacked (compacted as samples get fooled)
-        alive = (~fooled_out).nonzero().squeeze(1)
+        alive = torch.arange(n, device=x.device)
         s = {
             "x": x, "y": y, "x_cur": x_cur, "x_prev": x_cur.clone(), "grad": grad,
             "x_best": x_cur.clone(), "grad_best": grad.clone(), "loss_best": loss.clone(),
@@ -235,13 +235,35 @@ class APGDT(APGD):
                          rho=rho, momentum=momentum, eot_iter=eot_iter, seed=seed, precision=precision)
         self.n_target_classes = check_count("n_target_classes", n_target_classes)
 
+        self._explicit_targets: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, sample_ids: torch.Tensor | None = None,
+                 targets: torch.Tensor | None = None) -> torch.Tensor:
+        """``targets`` (optional): target classes to use instead of the most likely wrong ones, shape (N,)
+        or (N, K) for K targets tried in turn; a target may not equal the true label."""
+        self._explicit_targets = targets
+        try:
+            return super().__call__(x, y, sample_ids=sample_ids)
+        finally:
+            self._explicit_targets = None
+
     def describe(self) -> dict:
         return {**super().describe(), "n_target_classes": self.n_target_classes}
 
     def _check_classes(self, n_classes: int) -> None:
         num_classes_check(n_classes, 4, "APGD-T (targeted DLR loss)")
 
-    def _targets(self, logits: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+    def _targets(self, logits: torch.Tensor, y: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+        if self._explicit_targets is not None:
+            targets = torch.as_tensor(self._explicit_targets).to(device=logits.device, dtype=torch.long)
+            targets = targets[:, None] if targets.dim() == 1 else targets
+            if targets.dim() != 2 or targets.shape[0] != logits.shape[0]:
+                raise RobnetsError(f"targets must have shape (N,) or (N, K) with N={logits.shape[0]}, "
+                                   f"got {tuple(targets.shape)}")
+            if ((targets < 0) | (targets >= logits.shape[1])).any() or (targets == y[:, None]).any():
+                raise RobnetsError(f"targets must be classes in [0, {logits.shape[1] - 1}] different from the "
+                                   f"true labels")
+            return [(k + 2, targets[:, k]) for k in range(targets.shape[1])]
         order = logits.argsort(dim=1, descending=True)
         count = min(self.n_target_classes, logits.shape[1] - 1)
         return [(rank, order[:, rank - 1]) for rank in range(2, count + 2)]

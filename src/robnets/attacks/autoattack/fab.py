@@ -156,7 +156,7 @@ class FAB(SampleSeededAttack):
         rng = self.sample_random(x)
         n = x.shape[0]
         out = x.clone()
-        norms = torch.full((n,), float("inf"), device=x.device)
+        norms = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         if n == 0:
             self.last_norms = norms
             return out
@@ -191,7 +191,7 @@ class FAB(SampleSeededAttack):
         view = (-1,) + (1,) * (x0.dim() - 1)
         x1 = random_start(x0, self.eps, self.norm, rng, stream, radius=0.5) if random_init else x0.clone()
         best = x0.clone()
-        best_norm = torch.full((n,), float("inf"), device=x0.device)
+        best_norm = torch.full((n,), float("inf"), device=x0.device, dtype=x0.dtype)
         flat0 = x0.flatten(1)
         for _ in range(self.n_iter):
             f, g = self._boundary(x1, y, target)
