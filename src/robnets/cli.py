@@ -176,21 +176,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: robnet_free on the embedded CIFAR-10 sample, clean and PGD-20."""
+    """The main job: the best RobNet the project ships (else untrained robnet_free) on the embedded
+    CIFAR-10 sample, clean and PGD-20."""
+    import json as _json
+
     from .config import load_config
     from .evaluation.pipeline import run_evaluation
-    from .models.pretrained import find_shipped_weights
+    from .models.pretrained import find_shipped_weights, shipped_metadata
 
     _check_counts(args)
-    weights = find_shipped_weights("robnet_free", "cifar10")
-    base = ["name=demo", "model.name=robnet_free", "data.dataset=cifar10-sample", "eval.attacks=clean,pgd20",
-            f"eval.n={DEMO_N}", "eval.batch_size=50", "output_dir=./runs"]
-    config = load_config(None, base + _eval_overrides(args))
+    weights = find_shipped_weights(None, "cifar10")
+    base = ["name=demo", "data.dataset=cifar10-sample", "eval.attacks=clean,pgd20", f"eval.n={DEMO_N}",
+            "eval.batch_size=100", "output_dir=./runs"]
+    n_attack = DEMO_N_ATTACK
     if weights is None:
-        print("==> No trained robnet_free weights ship with this version yet: the weights are UNTRAINED "
-              "(random), so both accuracies are near chance. This run shows the pipeline, not robustness.",
-              file=sys.stderr)
-    n_attack = args.n_attack if args.n_attack is not None else DEMO_N_ATTACK
+        base.append("model.name=robnet_free")
+        print("==> No trained weights ship with this version yet: the weights are UNTRAINED (random), so both "
+              "accuracies are near chance. This run shows the pipeline, not robustness.", file=sys.stderr)
+    else:
+        meta = shipped_metadata(weights)
+        base.append(f"model.name={meta['model']}")
+        for key, value in _json.loads(meta.get("model_args", "{}")).items():
+            if value is not None and key not in ("mean", "std"):
+                base.append(f"model.{key}={_json.dumps(value) if isinstance(value, bool) else value}")
+        n_attack = DEMO_N  # the shipped compact model is cheap enough to attack every image
+        print(f"==> Shipped weights: {weights.name} ({meta['model']}, {meta.get('architecture', '')}; "
+              f"{meta.get('notes', 'trained by this project')})", file=sys.stderr)
+    config = load_config(None, base + _eval_overrides(args))
+    n_attack = args.n_attack if args.n_attack is not None else n_attack
     run = run_evaluation(config, checkpoint=weights, untrained=weights is None, output_dir=args.output_dir,
                          n_attack=n_attack, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     _print_run(run)

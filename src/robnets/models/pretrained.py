@@ -26,10 +26,20 @@ def shipped_metadata(path: Path) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
-def find_shipped_weights(model: str, dataset: str = "cifar10") -> Path | None:
-    """The best shipped weights for ``model`` on ``dataset``, or None when the project ships none yet."""
+def _robustness(meta: dict[str, str]) -> float:
+    for key in ("test_pgd20", "best_val_robust", "val_robust"):
+        try:
+            return float(meta[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return 0.0
+
+
+def find_shipped_weights(model: str | None = None, dataset: str = "cifar10") -> Path | None:
+    """The most robust shipped weights (for ``model``, or any model) on ``dataset``; None when none ship."""
+    candidates = []
     for path in sorted(shipped_weights().values()):
         meta = shipped_metadata(path)
-        if meta.get("model") == model and meta.get("dataset", dataset) == dataset:
-            return path
-    return None
+        if (model is None or meta.get("model") == model) and meta.get("dataset", dataset) == dataset:
+            candidates.append((_robustness(meta), path))
+    return max(candidates)[1] if candidates else None

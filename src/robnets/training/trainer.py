@@ -268,7 +268,7 @@ class Trainer:
         with _StopFlag() as stop:
             while epoch < self.total_epochs:
                 loader.set_epoch(epoch)
-                start_time = time.perf_counter()
+                start_time, first_step = time.perf_counter(), step
                 bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
                            disable=not self.progress, leave=False, dynamic_ncols=True)
                 for x, y in loader.iter_from(step):
@@ -320,7 +320,9 @@ class Trainer:
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "lr": self._lr(epoch, 0, steps_per_epoch),
                     "train_loss": loss_sum / count, "train_adv_acc": 100 * correct / count,
-                    "seconds": round(seconds, 2), "images_per_s": round(count / seconds, 1)}
+                    "seconds": round(seconds, 2),
+                    # images this process trained on in this epoch since it started (a resumed epoch counts less)
+                    "images_per_s": round((step - first_step) * self.global_batch / seconds, 1)}
                 if ctx.is_main:
                     eval_model = ema.module if ema is not None else model
                     if val is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == self.total_epochs):

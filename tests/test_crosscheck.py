@@ -1,0 +1,78 @@
+"""Cross-check against an independent implementation (torchattacks) on a small adversarially trained model:
+our APGD-CE and AutoAttack-standard robust accuracies agree within 1 percentage point; our PGD equals a
+minimal reference loop (see test_attacks.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robnets.attacks import APGD, PGD, AutoAttack
+from robnets.data import load_sample
+
+torchattacks = pytest.importorskip("torchattacks", reason="torchattacks (optional test dependency) is not installed")
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def robust_cnn():
+    """A tiny CNN adversarially trained (FGSM with random start, then PGD-3) on 400 real CIFAR-10 images."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, y = load_sample().batch(0, 400)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(30):
+        perm = torch.randperm(400, generator=g)
+        for i in range(0, 400, 50):
+            idx = perm[i:i + 50]
+            attack = PGD(model, eps=EPS, alpha=1.25 * EPS if epoch < 15 else EPS / 2, steps=1 if epoch < 15 else 3,
+                         seed=epoch * 100 + i)
+            x_adv = attack(x[idx], y[idx])
+            model.train()
+            loss = F.cross_entropy(model(x_adv), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    yield model, x, y
+    torch.set_num_threads(threads)
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_the_model_is_robust_enough_to_make_the_comparison_meaningful(robust_cnn):
+    model, x, y = robust_cnn
+    robust = _accuracy(model, PGD(model, eps=EPS, alpha=2 / 255, steps=20, seed=0)(x, y), y)
+    assert 15 <= robust <= 90, robust
+
+
+def test_apgd_ce_agrees_with_torchattacks(robust_cnn):
+    model, x, y = robust_cnn
+    ours = _accuracy(model, APGD(model, norm="Linf", eps=EPS, n_iter=100, seed=0)(x, y), y)
+    theirs = _accuracy(model, torchattacks.APGD(model, norm="Linf", eps=EPS, steps=100, n_restarts=1, loss="ce",
+                                                seed=0)(x, y), y)
+    assert abs(ours - theirs) <= 1.0, (ours, theirs)
+
+
+def test_autoattack_standard_agrees_with_torchattacks(robust_cnn):
+    model, x, y = robust_cnn
+    aa = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=0, log=lambda m: None)
+    x, y = x[:100], y[:100]  # 1 point = 1 percentage point
+    ours = _accuracy(model, aa.run_standard_evaluation(x, y, bs=100), y)
+    theirs_attack = torchattacks.AutoAttack(model, norm="Linf", eps=EPS, version="standard", n_classes=10, seed=0)
+    theirs = _accuracy(model, theirs_attack(x, y), y)
+    assert abs(ours - theirs) <= 1.0, (ours, theirs)
+    assert ours == pytest.approx(100 * aa.robust_accuracy)
