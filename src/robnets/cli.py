@@ -86,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p_train.add_argument("--no-progress", action="store_true")
 
+    p_search = sub.add_parser("search", help="robust architecture search: supernet, sample, fine-tune, score, rank")
+    p_search.add_argument("--config", "-c", help="YAML config with a search section (see experiments/search_*)")
+    p_search.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config, then ./data)")
+    p_search.add_argument("--output-dir", help="run folder (default: <output_dir>/search-<name>-<time>)")
+    p_search.add_argument("--resume", metavar="FOLDER",
+                          help="continue a stopped search in FOLDER with its saved config (nothing is redone)")
+    p_search.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p_search.add_argument("--distributed", action="store_true",
+                          help="join a torchrun/slurm process group: DDP supernet, candidates sharded over ranks")
+    p_search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p_search.add_argument("--no-progress", action="store_true")
+
     p_list = sub.add_parser("list-models", help="registered model names")
     p_list.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'robnet_*'")
 
@@ -315,7 +327,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "info": cmd_info}
+def cmd_search(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runtime import resolve_device
+    from .search import Search
+    from .training.distributed import init_distributed, shutdown
+
+    overrides = list(args.overrides) + ([f"search.device={args.device}"] if args.device else [])
+    folder = args.output_dir
+    if args.resume is not None:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise RobnetsError(f"--resume {args.resume}: expected a search folder holding config.yaml")
+        config, folder = load_config(saved, overrides), args.resume
+    else:
+        if args.config is None:
+            raise RobnetsError("robnets search needs --config FILE (e.g. experiments/search_cifar10/config.yaml) "
+                               "or --resume FOLDER")
+        config = load_config(args.config, overrides)
+    ctx = init_distributed(resolve_device(config.search.device).type, required=args.distributed)
+    try:
+        result = Search(config, output_dir=folder, data_dir=args.data_dir, ctx=ctx,
+                        progress=not args.no_progress).run()
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        if result.completed and result.best is not None:
+            print(f"best architecture: {result.best['genotype']} (clean {result.best['clean']:.1f}%, "
+                  f"adversarial {result.best['adv']:.1f}%, n={result.best['n']})")
+        print(f"search folder: {result.folder} "
+              f"({'complete' if result.completed else 'stopped: continue with --resume ' + str(result.folder)})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "info": cmd_info}
 
 
 def run_guarded(fn, *args) -> int:  # noqa: ANN001

@@ -20,7 +20,10 @@ _CHOICES = {"attack.norm": ("Linf", "L2"), "eval.precision": ("fp32", "bf16"),
             "eval.device": ("auto", "cpu", "cuda"), "eval.execution": ("fast", "plain"), "eval.sanity": ("off", "quick", "full"),
             "eval.autoattack_version": ("standard", "plus", "rand"),
             "train.method": ("pgd", "fgsm_rs", "nfgsm", "trades", "standard"), "train.precision": ("fp32", "bf16"),
-            "train.save_dtype": ("fp32", "fp16"), "train.device": ("auto", "cpu", "cuda")}
+            "train.save_dtype": ("fp32", "fp16"), "train.device": ("auto", "cpu", "cuda"),
+            "search.method": ("pgd", "fgsm_rs", "nfgsm", "trades", "standard"),
+            "search.precision": ("fp32", "bf16"), "search.device": ("auto", "cpu", "cuda"),
+            "search.sampling": ("uniform", "density", "budget")}
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -127,6 +130,14 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{dotted} must be a non-negative number, got {value}")
     if config.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be at least 1, got {config.data.batch_size}")
+    s = config.search
+    for key in ("C", "layers", "steps", "batch_size", "num_samples", "eval_size", "fsp_size"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"search.{key} must be at least 1, got {getattr(s, key)}")
+    if s.C % 2:
+        raise ConfigError(f"search.C must be even, got {s.C}")
+    if not 0.0 < s.fsp_keep <= 1.0:
+        raise ConfigError(f"search.fsp_keep must lie in (0, 1], got {s.fsp_keep}")
     return config
 
 

@@ -121,6 +121,48 @@ class EvalConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Architecture search (``robnets search``): supernet, sampling, fine-tuning, scoring, FSP filter."""
+
+    C: int = 16  # supernet / candidate width
+    layers: int = 8
+    steps: int = 4
+    share: bool = True  # True: cell-based space (one cell for all layers); False: cell-free (one per layer)
+    # one-shot supernet training: a random architecture per batch
+    supernet_epochs: int = 1
+    supernet_max_steps: int | None = None  # cap on supernet steps (quick runs)
+    supernet_lr: float = 0.1
+    method: str = "fgsm_rs"  # adversarial training method of supernet and fine-tuning (see train.method)
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    precision: str = "fp32"
+    checkpoint_every_steps: int = 200
+    # candidates
+    num_samples: int = 64
+    sampling: str = "uniform"  # uniform | density | budget
+    density_min: float = 0.0
+    density_max: float = 1.0
+    conv_budget: int | None = None  # convolutions per cell for sampling 'budget'
+    bn_recalibration_batches: int = 8  # training batches re-estimating BatchNorm statistics of a subnetwork
+    finetune_steps: int = 100
+    finetune_lr: float = 0.02
+    eval_size: int = 500  # held-out images scoring each candidate (clean and PGD)
+    eval_attack_steps: int = 10
+    # FSP analysis and filter (cell-free search rejects high-FSP-loss samples before fine-tuning)
+    fsp: bool = True
+    fsp_size: int = 64  # images for FSP losses
+    fsp_filter: bool = False
+    fsp_keep: float = 0.5  # fraction kept by the filter when no threshold is given
+    fsp_threshold: float | None = None  # reject candidates whose inherited deep-cell FSP loss exceeds this
+    # data
+    train_size: int | None = None  # use only the first N training images
+    val_size: int = 1000  # held out from the end of the training set (candidates are scored on it)
+    device: str = "auto"
+    stop_after: int | None = None  # score at most this many candidates in this process, then stop (resumable)
+
+
+@dataclass
 class Config:
     name: str = "experiment"
     seed: int = 10
@@ -132,3 +174,4 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)

@@ -1,0 +1,461 @@
+"""``robnets search``: one-shot adversarial supernet training, then sample, fine-tune, score and rank.
+
+Phases (all resumable, the run folder holds everything):
+
+1. **Supernet.** Adversarial training (``search.method``) of the :class:`Supernet` with a uniformly random
+   architecture per batch (the same one on every rank: it is drawn from ``(seed, step)``). Under torchrun or
+   slurm this is DDP over all ranks. ``supernet_state.pt`` (tensors only, written atomically) is saved
+   every ``checkpoint_every_steps`` and on SIGINT/SIGTERM; the final weights go to ``supernet.safetensors``.
+2. **Candidates.** ``num_samples`` distinct architectures drawn by ``search.sampling`` from ``(seed)``,
+   listed in ``candidates.json``; candidate i belongs to rank ``i % world_size``.
+3. **FSP filter** (``fsp_filter``; the paper's cell-free search): each candidate inherits the supernet
+   weights, its BatchNorm statistics are re-estimated, and its deep-cell FSP loss between clean and PGD
+   inputs is measured; candidates above ``fsp_threshold`` (default: outside the lowest ``fsp_keep``
+   fraction) are rejected before any fine-tuning.
+4. **Score.** Each kept candidate: inherit weights, re-calibrate BatchNorm, fine-tune adversarially for
+   ``finetune_steps`` (the same batches for every candidate), measure clean and PGD accuracy on
+   ``eval_size`` held-out training images (never the test set), and per-cell FSP losses. Each result is
+   appended to ``scores.rank<R>.jsonl`` and flushed as soon as it is known; a restarted search skips
+   every candidate already scored by any rank.
+5. **Report** (rank 0): ``architectures.json`` / ``.csv`` (every sampled architecture with its scores, the
+   data users asked the original authors for), ``ranking.md``, ``analysis.json`` (Pearson and Kendall
+   correlations of density, convolution placement and FSP loss with robustness), PNG plots, and the best
+   architecture as ``best_genotype.txt`` (canonical string; ``robnets train --genotype FILE`` trains it)
+   and ``best_codes.json`` (the original 2-bit code lists).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..attacks import PGD
+from ..config import Config, save_config
+from ..data import load_dataset, resolve_data_root
+from ..data.arrays import ImageArrayDataset
+from ..errors import RobnetsError
+from ..io import atomic_path, write_json_atomic, write_text_atomic
+from ..models.genotype import Genotype
+from ..runtime import eval_mode, resolve_device
+from ..training.distributed import DistContext
+from ..training.loader import GpuBatchLoader, derive_seed
+from ..training.methods import MethodSettings, make_inputs, training_loss
+from ..training.schedule import build_optimizer, set_learning_rate
+from . import analysis
+from .fsp import cell_fsp_losses, deep_cell_loss
+from .space import SearchSpace, shard, structure
+from .supernet import Supernet, recalibrate_batchnorm
+
+SUPERNET_STATE = "supernet_state.pt"
+SUPERNET_WEIGHTS = "supernet.safetensors"
+
+
+@dataclass
+class SearchResult:
+    folder: Path
+    completed: bool  # False when stopped early (stop_after, a signal): resume with the same folder
+    records: list[dict]
+    best: dict | None
+
+
+def _cosine(lr: float, step: int, total: int) -> float:
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def read_jsonl(paths: list[Path]) -> list[dict]:
+    """Records of every complete line of the given files (a line cut by a crash is ignored)."""
+    out = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one record and make it durable before going on."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class Search:
+    """Run the search a :class:`Config` (its ``search`` section) describes, in ``output_dir``."""
+
+    def __init__(self, config: Config, *, output_dir: str | Path | None = None, data_dir: str | Path | None = None,
+                 ctx: DistContext | None = None, progress: bool = True, log_to_stderr: bool = True) -> None:
+        self.config = config
+        self.s = config.search
+        self.ctx = ctx or DistContext()
+        self.progress = progress and self.ctx.is_main
+        self.log_to_stderr = log_to_stderr
+        self.device = self.ctx.device(resolve_device(self.s.device).type)
+        self.folder = Path(output_dir) if output_dir else Path(config.output_dir) / (
+            f"search-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self._data_dir = data_dir
+        self.settings = MethodSettings(name=self.s.method, eps=config.attack.eps, step_size=config.attack.step_size,
+                                       steps=config.train.attack_steps, fgsm_step=config.train.fgsm_step,
+                                       nfgsm_noise=config.train.nfgsm_noise, nfgsm_step=config.train.nfgsm_step,
+                                       trades_beta=config.train.trades_beta, precision=self.s.precision)
+        self.space = SearchSpace(layers=self.s.layers, steps=self.s.steps, share=self.s.share, mode=self.s.sampling,
+                                 density_min=self.s.density_min, density_max=self.s.density_max,
+                                 conv_budget=self.s.conv_budget)
+        self.supernet_space = SearchSpace(layers=self.s.layers, steps=self.s.steps, share=self.s.share)
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, message: str, all_ranks: bool = False) -> None:
+        if not (self.ctx.is_main or all_ranks):
+            return
+        prefix = f"[rank {self.ctx.rank}] " if self.ctx.enabled else ""
+        line = f"[{time.strftime('%H:%M:%S')}] {prefix}{message}"
+        if self.log_to_stderr:
+            print(line, file=sys.stderr, flush=True)
+        with open(self.folder / "search.log", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def _data(self) -> tuple[ImageArrayDataset, ImageArrayDataset]:
+        c, s = self.config, self.s
+        train = load_dataset(c.data.dataset, "train", resolve_data_root(self._data_dir, c.data.root))
+        if not isinstance(train, ImageArrayDataset):
+            raise RobnetsError(f"search supports the 32x32 array datasets (cifar10, cifar100, svhn), not "
+                               f"{c.data.dataset}")
+        n = len(train)
+        if not 0 < s.val_size < n:
+            raise RobnetsError(f"search.val_size={s.val_size} must lie between 1 and {n - 1} (training images)")
+        if s.eval_size > s.val_size or s.fsp_size > s.val_size:
+            raise RobnetsError(f"search.eval_size ({s.eval_size}) and search.fsp_size ({s.fsp_size}) cannot "
+                               f"exceed search.val_size ({s.val_size})")
+        val = ImageArrayDataset(train.images[n - s.val_size:], train.labels[n - s.val_size:],
+                                num_classes=train.num_classes, name="validation (held out)")
+        train = ImageArrayDataset(train.images[: n - s.val_size], train.labels[: n - s.val_size],
+                                  num_classes=train.num_classes, name=train.name)
+        if s.train_size is not None:
+            train = train.subset(s.train_size)
+        return train, val
+
+    def _loader(self, train: ImageArrayDataset, rank: int = 0, world_size: int = 1) -> GpuBatchLoader:
+        if len(train) < self.s.batch_size * world_size:
+            raise RobnetsError(f"{len(train)} training images are fewer than one global batch "
+                               f"({self.s.batch_size} x {world_size}); lower search.batch_size")
+        return GpuBatchLoader(train, self.s.batch_size, device=self.device, shuffle=True, drop_last=True,
+                              augment=True, crop_padding=4, flip=True, seed=self.config.seed, rank=rank,
+                              world_size=world_size)
+
+    def _generator(self, *parts: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(derive_seed(self.config.seed, *parts))
+        return g
+
+    def _train_step(self, model: nn.Module, attack_model: nn.Module, optimizer: torch.optim.Optimizer,
+                    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
+        x_in = make_inputs(attack_model, x, y, self.settings, generator)
+        model.train()
+        loss, _ = training_loss(model, x, x_in, y, self.settings)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    # ------------------------------------------------------------------ phase 1: supernet
+    def build_supernet(self, num_classes: int) -> Supernet:
+        s = self.s
+        torch.manual_seed(derive_seed(self.config.seed, 0))  # the same initial weights on every rank and run
+        return Supernet(C=s.C, num_classes=num_classes, layers=s.layers, steps=s.steps, share=s.share).to(self.device)
+
+    def train_supernet(self, supernet: Supernet, train: ImageArrayDataset, stop) -> bool:  # noqa: ANN001
+        """Train (or finish training) the supernet; True when done, False when interrupted."""
+        from safetensors.torch import load_file, save_file
+
+        s, ctx = self.s, self.ctx
+        weights = self.folder / SUPERNET_WEIGHTS
+        if weights.is_file():
+            supernet.load_state_dict(load_file(weights, device=str(self.device)))
+            self.log(f"supernet already trained: loaded {weights}")
+            return True
+        loader = self._loader(train, ctx.rank, ctx.world_size)
+        per_epoch = len(loader)
+        total = per_epoch * s.supernet_epochs
+        if s.supernet_max_steps is not None:
+            total = min(total, s.supernet_max_steps)
+        optimizer = build_optimizer(supernet, lr=s.supernet_lr, momentum=s.momentum, weight_decay=s.weight_decay,
+                                    no_wd=True)
+        step = 0
+        state_path = self.folder / SUPERNET_STATE
+        if state_path.is_file():
+            state = torch.load(state_path, map_location=self.device, weights_only=True)
+            supernet.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step = int(state["step"])
+            self.log(f"resuming supernet training at step {step}/{total}")
+        model: nn.Module = supernet
+        if ctx.enabled:
+            model = nn.parallel.DistributedDataParallel(
+                supernet, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True, broadcast_buffers=False)
+        self.log(f"supernet: {sum(p.numel() for p in supernet.parameters()):,} parameters, "
+                 f"{'cell-based' if s.share else 'cell-free'}, C={s.C}, {s.layers} cells; {s.method} training for "
+                 f"{total} steps of {s.batch_size} x {ctx.world_size} images, a random architecture per step")
+
+        def save() -> None:
+            if ctx.is_main:
+                with atomic_path(state_path) as tmp:
+                    torch.save({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
+                                "step": torch.tensor(step)}, tmp)
+
+        bar = tqdm(total=total, initial=step, desc="supernet", disable=not self.progress, dynamic_ncols=True)
+        loss_sum, count, started = 0.0, 0, time.perf_counter()
+        while step < total:
+            epoch, within = divmod(step, per_epoch)
+            loader.set_epoch(epoch)
+            for x, y in loader.iter_from(within):
+                supernet.set_architecture(self.supernet_space.sample(random.Random(derive_seed(self.config.seed, 1, step))))
+                set_learning_rate(optimizer, _cosine(s.supernet_lr, step, total))
+                loss_sum += self._train_step(model, supernet, optimizer, x, y, self._generator(2, step, ctx.rank))
+                count += 1
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / count:.3f}")
+                if s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0 and step < total:
+                    save()
+                if stop.raised or step >= total:
+                    break
+            if stop.raised:
+                break
+        bar.close()
+        if stop.raised and step < total:
+            save()
+            self.log(f"stopped at supernet step {step}/{total}; state saved: run the same command to resume")
+            return False
+        if ctx.is_main:
+            with atomic_path(weights) as tmp:
+                save_file({k: v.detach().contiguous().cpu() for k, v in supernet.state_dict().items()}, str(tmp),
+                          metadata={"format": "robnets-supernet", "config": json.dumps(supernet.config),
+                                    "steps": str(total), "method": s.method})
+            state_path.unlink(missing_ok=True)
+        ctx.barrier()
+        self.log(f"supernet trained: {total} steps, mean loss {loss_sum / max(count, 1):.3f}, "
+                 f"{time.perf_counter() - started:.0f} s")
+        return True
+
+    # ------------------------------------------------------------------ phases 2-4: candidates
+    def candidates(self) -> list[Genotype]:
+        return self.space.sample_unique(self.s.num_samples, derive_seed(self.config.seed, 3))
+
+    def _inherit(self, supernet: Supernet, genotype: Genotype, loader: GpuBatchLoader) -> nn.Module:
+        net = supernet.extract(genotype)
+        n = min(self.s.bn_recalibration_batches, len(loader))
+        recalibrate_batchnorm(net, (loader.get_batch(i, epoch=0)[0] for i in range(n)))
+        return net
+
+    def _pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return PGD(model, eps=c.attack.eps, alpha=c.attack.step_size, steps=self.s.eval_attack_steps, seed=0)(x, y)
+
+    def _fsp(self, net: nn.Module, val: ImageArrayDataset) -> list[float]:
+        x, y = val.batch(0, self.s.fsp_size)
+        x, y = x.to(self.device), y.to(self.device)
+        return cell_fsp_losses(net, x, self._pgd(net, x, y))
+
+    def fsp_screen(self, index: int, genotype: Genotype, supernet: Supernet, loader: GpuBatchLoader,
+                   val: ImageArrayDataset) -> dict:
+        torch.manual_seed(derive_seed(self.config.seed, 4, index))
+        losses = self._fsp(self._inherit(supernet, genotype, loader), val)
+        return {"index": index, "genotype": str(genotype), "fsp_inherited": losses,
+                "fsp_inherited_deep": deep_cell_loss(losses)}
+
+    def score(self, index: int, genotype: Genotype, supernet: Supernet, loader: GpuBatchLoader,
+              val: ImageArrayDataset) -> dict:
+        """Inherit, re-calibrate, fine-tune, evaluate one candidate; the record written for it."""
+        from ..acceleration import accelerate
+        from ..evaluation import evaluate
+
+        s, c = self.s, self.config
+        started = time.perf_counter()
+        torch.manual_seed(derive_seed(c.seed, 4, index))
+        net = self._inherit(supernet, genotype, loader)
+        losses = []
+        if s.finetune_steps > 0:
+            optimizer = build_optimizer(net, lr=s.finetune_lr, momentum=s.momentum, weight_decay=s.weight_decay,
+                                        no_wd=True)
+            per_epoch = len(loader)
+            for k in range(s.finetune_steps):
+                epoch, within = divmod(k, per_epoch)
+                x, y = loader.get_batch(within, epoch=1000 + epoch)  # the same batches for every candidate
+                set_learning_rate(optimizer, _cosine(s.finetune_lr, k, s.finetune_steps))
+                losses.append(self._train_step(net, net, optimizer, x, y, self._generator(5, index, k)))
+        net.eval()
+        engine = accelerate(net, self.device)[0]
+        eval_set = val.subset(s.eval_size)
+        attack = PGD(engine, eps=c.attack.eps, alpha=c.attack.step_size, steps=s.eval_attack_steps, seed=0)
+        clean, adv = evaluate(engine, eval_set, {"clean": None, f"pgd{s.eval_attack_steps}": attack},
+                              device=self.device, batch_size=max(s.batch_size, 100), progress=False)
+        record: dict[str, Any] = {
+            "index": index, "genotype": str(genotype), "codes": genotype.to_codes(), **structure(genotype),
+            "params": sum(p.numel() for p in net.parameters()),
+            "clean": clean.accuracy, "adv": adv.accuracy, "gap": clean.accuracy - adv.accuracy, "n": adv.n,
+            "attack": f"pgd{s.eval_attack_steps}", "finetune_steps": s.finetune_steps,
+            "finetune_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        }
+        if s.fsp:
+            fsp = self._fsp(net, val)
+            record.update(fsp=fsp, fsp_deep=deep_cell_loss(fsp))
+        record.update(seconds=round(time.perf_counter() - started, 2), rank=self.ctx.rank)
+        return record
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> SearchResult:
+        from ..training.trainer import _StopFlag
+
+        c, s, ctx = self.config, self.s, self.ctx
+        if ctx.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.folder / "config.yaml")
+        ctx.barrier()
+        train, val = self._data()
+        self.log(f"search in {self.folder}: {s.num_samples} {s.sampling} samples of a "
+                 f"{'cell-based' if s.share else 'cell-free'} space ({self.space.size():.3g} architectures), "
+                 f"{len(train)} training / {len(val)} held-out images, {ctx.world_size} process(es), {self.device}")
+        supernet = self.build_supernet(train.num_classes)
+        with _StopFlag() as stop:
+            if not self.train_supernet(supernet, train, stop):
+                return SearchResult(self.folder, False, [], None)
+            supernet.eval()
+            candidates = self.candidates()
+            if ctx.is_main:
+                write_json_atomic(self.folder / "candidates.json",
+                                  [{"index": i, "genotype": str(g)} for i, g in enumerate(candidates)])
+            loader = self._loader(train)
+            mine = shard(len(candidates), ctx.rank, ctx.world_size)
+            processed = 0
+
+            def budget_left() -> bool:
+                return not stop.raised and (s.stop_after is None or processed < s.stop_after)
+
+            kept = set(range(len(candidates)))
+            if s.fsp_filter:
+                done = {r["index"] for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
+                todo = [i for i in mine if i not in done]
+                for i in tqdm(todo, desc="FSP screen", disable=not self.progress, dynamic_ncols=True):
+                    if not budget_left():
+                        break
+                    append_jsonl(self.folder / f"fsp.rank{ctx.rank}.jsonl",
+                                 self.fsp_screen(i, candidates[i], supernet, loader, val))
+                    processed += 1
+                screened_now = {r["index"] for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
+                if self._all_stopped(any(i not in screened_now for i in todo)):
+                    return self._stopped()
+                ctx.barrier()
+                kept = self._fsp_kept(len(candidates))
+
+            done = {r["index"] for r in read_jsonl(self._score_files())}
+            todo = [i for i in mine if i in kept and i not in done]
+            if done:
+                self.log(f"resuming: {len(done)} candidates already scored", all_ranks=True)
+            bar = tqdm(todo, desc="candidates", disable=not self.progress, dynamic_ncols=True)
+            for i in bar:
+                if not budget_left():
+                    break
+                record = self.score(i, candidates[i], supernet, loader, val)
+                append_jsonl(self.folder / f"scores.rank{ctx.rank}.jsonl", record)
+                processed += 1
+                bar.set_postfix(clean=f"{record['clean']:.1f}", adv=f"{record['adv']:.1f}")
+            bar.close()
+            scored_now = {r["index"] for r in read_jsonl(self._score_files())}
+            if self._all_stopped(any(i not in scored_now for i in todo)):
+                return self._stopped()
+        ctx.barrier()
+        if not ctx.is_main:
+            return SearchResult(self.folder, True, [], None)
+        return self.report(candidates, kept)
+
+    def _score_files(self) -> list[Path]:
+        return sorted(self.folder.glob("scores.rank*.jsonl"))
+
+    def _all_stopped(self, stopped_here: bool) -> bool:
+        """True when any rank stopped early (then every rank returns, resumable)."""
+        flag = self.ctx.all_reduce_sum([1.0 if stopped_here else 0.0], self.device)[0]
+        return flag > 0
+
+    def _stopped(self) -> SearchResult:
+        self.log(f"stopped early; every result so far is saved in {self.folder}: run the same command "
+                 f"(robnets search --resume {self.folder}) to continue")
+        return SearchResult(self.folder, False, [], None)
+
+    def _fsp_kept(self, n: int) -> set[int]:
+        s = self.s
+        screened = {r["index"]: r["fsp_inherited_deep"] for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
+        if s.fsp_threshold is not None:
+            threshold = s.fsp_threshold
+        else:
+            ordered = sorted(screened.values())
+            threshold = ordered[max(1, math.ceil(s.fsp_keep * len(ordered))) - 1]
+        kept = {i for i, loss in screened.items() if loss <= threshold}
+        self.log(f"FSP filter: kept {len(kept)} of {n} candidates (inherited deep-cell FSP loss <= {threshold:.4g})")
+        return kept
+
+    def report(self, candidates: list[Genotype], kept: set[int]) -> SearchResult:
+        """Merge every rank's results and write the tables, analyses, plots and the best architecture."""
+        s = self.s
+        scored = {r["index"]: r for r in read_jsonl(self._score_files())}
+        screened = {r["index"]: r for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
+        records = [scored[i] for i in sorted(scored)]
+        everything = []
+        for i, g in enumerate(candidates):
+            row: dict[str, Any] = {"index": i, "genotype": str(g), "codes": g.to_codes(), **structure(g)}
+            if i in screened:
+                row.update(fsp_inherited=screened[i]["fsp_inherited"],
+                           fsp_inherited_deep=screened[i]["fsp_inherited_deep"])
+            if i in scored:
+                row.update(scored[i], status="scored")
+            else:
+                row["status"] = "rejected by FSP filter" if i not in kept else "not scored"
+            everything.append(row)
+        write_json_atomic(self.folder / "architectures.json", everything)
+        columns = ["index", "status", "genotype", "density", "convs_per_cell", "direct_convs_per_cell",
+                   "skip_edge_convs_per_cell", "params", "clean", "adv", "gap", "n", "fsp_deep", "fsp_inherited_deep",
+                   "finetune_loss", "seconds"]
+        with atomic_path(self.folder / "architectures.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(everything)
+        if not records:
+            raise RobnetsError("no candidate was scored; check search.num_samples and the FSP filter settings")
+        summary = analysis.summarize(records)
+        if screened:
+            summary["fsp_inherited_deep_vs_adv"] = analysis.correlation(
+                [screened[r["index"]]["fsp_inherited_deep"] for r in records if r["index"] in screened],
+                [r["adv"] for r in records if r["index"] in screened])
+        write_json_atomic(self.folder / "analysis.json", summary)
+        plots = analysis.plot(records, summary, self.folder)
+        best = analysis.rank(records)[0]
+        write_text_atomic(self.folder / "best_genotype.txt", best["genotype"] + "\n")
+        write_json_atomic(self.folder / "best_codes.json", best["codes"])
+        table = analysis.ranking_table(records)
+        text = (f"# Search {self.config.name}\n\n{len(records)} architectures scored ({s.sampling} sampling, "
+                f"{'cell-based' if s.share else 'cell-free'}, C={s.C}, {s.layers} cells), clean and "
+                f"PGD-{s.eval_attack_steps} accuracy on {best['n']} held-out training images after "
+                f"{s.finetune_steps} fine-tuning steps.\n\n## Ranking\n\n{table}\n\n## Correlations\n\n"
+                f"{analysis.summary_text(summary)}\n\nBest: `{best['genotype']}` (clean {best['clean']:.1f}%, "
+                f"PGD {best['adv']:.1f}%). Train it: `robnets train --genotype {self.folder / 'best_genotype.txt'} "
+                f"--set model.layers={s.layers}`\n")
+        write_text_atomic(self.folder / "ranking.md", text)
+        self.log(f"search done: {len(records)} scored; best {best['genotype']} (clean {best['clean']:.1f}%, "
+                 f"adv {best['adv']:.1f}%); wrote {', '.join(p.name for p in plots)}, ranking.md, architectures.csv")
+        return SearchResult(self.folder, True, records, best)

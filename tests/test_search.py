@@ -1,0 +1,368 @@
+"""Architecture search: supernet mask == standalone genotype, FSP against a direct computation, density and
+budget counts, sampling, BatchNorm re-calibration, supernet and search resume, sharding over ranks, and
+``robnets search`` end to end on a real CIFAR-10 subset."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from robnets.data import load_sample
+from robnets.models import RobNet
+from robnets.models.genotype import Genotype
+from robnets.search import (Search, SearchSpace, Supernet, cell_fsp_losses, correlation, direct_edges,
+                            fsp_matrix, genotype_to_mask, mask_to_genotype, rank, recalibrate_batchnorm, shard,
+                            structure)
+from robnets.search.runner import read_jsonl
+from robnets.training.distributed import DistContext
+
+from .conftest import CIFAR10_NPZ, REPO
+
+SEARCH = str(REPO / "experiments" / "search_cifar10" / "config.yaml")
+SEARCH_FREE = str(REPO / "experiments" / "search_free_cifar10" / "config.yaml")
+
+LARGE = "1111-111111-01110110-1101010111"  # RobNet-large's shared cell
+
+
+def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_supernet_with_a_mask_equals_the_standalone_network(share):
+    torch.manual_seed(0)
+    supernet = Supernet(C=4, layers=3, share=share)
+    _randomize_bn(supernet)
+    supernet.eval()
+    x = torch.rand(3, 3, 32, 32)
+    space = SearchSpace(layers=3, share=share)
+    for seed in range(4):
+        genotype = space.sample(random.Random(seed))
+        logits = supernet.set_architecture(genotype)(x)
+        net = supernet.extract(genotype).eval()
+        assert isinstance(net, RobNet) and str(net.genotype) == str(genotype)
+        assert torch.equal(net(x), logits)
+        # the extracted network owns copies: training it leaves the supernet untouched
+        before = supernet.stem[0].weight.clone()
+        net.stem[0].weight.data.add_(1.0)
+        assert torch.equal(supernet.stem[0].weight, before)
+
+
+def test_supernet_runs_only_the_masked_operations():
+    supernet = Supernet(C=4, layers=3, share=True).eval()
+    genotype = Genotype.parse("1010-101010-10101010-1010101010")  # skips only: no separable conv runs
+    calls = []
+    for cell in supernet.cells:
+        for edge in cell._ops:
+            edge.conv.register_forward_hook(lambda *a: calls.append(1))
+    supernet.set_architecture(genotype)(torch.rand(1, 3, 32, 32))
+    assert calls == []
+    with pytest.raises(Exception, match="share=True needs a genotype with exactly one cell"):
+        supernet.set_architecture(Genotype.parse("_".join([LARGE] * 3)))
+
+
+def test_mask_round_trip_and_bit_meaning():
+    genotype = Genotype.parse(LARGE)
+    mask = genotype_to_mask(genotype, layers=3)
+    assert mask.shape == (3, 14, 2)
+    assert mask[0, 0].tolist() == [True, True]  # '11': skip and conv
+    assert mask[0, 5].tolist() == [False, True]  # '01': conv only
+    assert mask[0, 8].tolist() == [True, False]  # '10': skip only
+    assert mask_to_genotype(mask, share=True) == genotype
+    free = SearchSpace(layers=3, share=False).sample(random.Random(3))
+    assert mask_to_genotype(genotype_to_mask(free, 3)) == free
+
+
+def test_fsp_matrix_equals_a_direct_computation():
+    torch.manual_seed(0)
+    f_in, f_out = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
+    expected = torch.zeros(2, 3, 5)
+    for n in range(2):
+        for s in range(4):
+            for t in range(4):
+                expected[n] += torch.outer(f_in[n, :, s, t], f_out[n, :, s, t])
+    assert torch.allclose(fsp_matrix(f_in, f_out), expected / 16, atol=1e-6)
+    # a reduction cell: the input is average-pooled to the output resolution first
+    big = torch.randn(2, 3, 8, 8)
+    pooled = torch.nn.functional.avg_pool2d(big, 2)
+    assert torch.allclose(fsp_matrix(big, f_out), fsp_matrix(pooled, f_out), atol=1e-6)
+
+
+def test_cell_fsp_losses_are_zero_for_identical_inputs_and_grow_with_the_perturbation():
+    torch.manual_seed(0)
+    net = RobNet(LARGE, C=4, layers=3).eval()
+    x = torch.rand(4, 3, 32, 32)
+    assert cell_fsp_losses(net, x, x) == [0.0, 0.0, 0.0]
+    small = cell_fsp_losses(net, x, (x + 0.01).clamp(0, 1))
+    large = cell_fsp_losses(net, x, (x + 0.2).clamp(0, 1))
+    assert all(0 < a < b for a, b in zip(small, large))
+    # against a direct computation from the cell inputs and outputs
+    s0 = s1 = net.stem(x)
+    s0a = s1a = net.stem((x + 0.01).clamp(0, 1))
+    direct = []
+    for cell in net.cells:
+        out, out_a = cell(s0, s1), cell(s0a, s1a)
+        diff = fsp_matrix(s1, out) - fsp_matrix(s1a, out_a)
+        direct.append(diff.pow(2).sum(dim=(1, 2)).mean().item())
+        s0, s1, s0a, s1a = s1, out, s1a, out_a
+    assert direct == pytest.approx(small, rel=1e-5)
+
+
+def test_density_and_convolution_counts():
+    assert direct_edges(4) == [i in (1, 4, 8, 13) for i in range(14)]
+    s = structure(Genotype.parse(LARGE))
+    codes = ["11", "11", "11", "11", "11", "01", "11", "01", "10", "11", "01", "01", "01", "11"]
+    assert Genotype.parse(LARGE).to_codes()[0] == codes
+    assert s["density"] == 1.0 and s["connected_per_cell"] == 14
+    assert s["convs_per_cell"] == 13  # all but the '10' at edge 8
+    assert s["direct_convs_per_cell"] == 3  # direct edges 1, 4, 13 carry convs; edge 8 is the skip
+    assert s["skip_edge_convs_per_cell"] == 10
+    sparse = structure(Genotype.parse("0000-000001-00000000-0000000011_" * 2 + "0000-000000-00000000-0000000000"))
+    assert sparse["density"] == pytest.approx(4 / 42)
+    assert sparse["convs_per_cell"] == pytest.approx(4 / 3) and sparse["direct_convs_per_cell"] == pytest.approx(4 / 3)
+
+
+def test_sampling_modes_respect_their_constraints():
+    rng = random.Random(0)
+    dense = SearchSpace(layers=6, share=False, mode="density", density_min=0.5, density_max=0.6)
+    for _ in range(20):
+        g = dense.sample(rng)
+        assert len(g.cells) == 6 and all(7 <= c.num_connected <= 8 for c in g.cells)
+    budget = SearchSpace(layers=6, mode="budget", conv_budget=4)
+    for _ in range(20):
+        assert budget.sample(rng).cells[0].num_convs == 4
+    unique = SearchSpace(layers=6).sample_unique(50, seed=1)
+    assert len({str(g) for g in unique}) == 50
+    assert [str(g) for g in unique] == [str(g) for g in SearchSpace(layers=6).sample_unique(50, seed=1)]
+    with pytest.raises(Exception, match="conv_budget"):
+        SearchSpace(layers=6, mode="budget")
+    with pytest.raises(Exception, match="widen the range"):
+        SearchSpace(layers=6, mode="density", density_min=0.51, density_max=0.52)
+
+
+def test_sharding_gives_each_candidate_to_exactly_one_rank():
+    for n, world in ((10, 3), (7, 7), (3, 8), (64, 4)):
+        shards = [shard(n, r, world) for r in range(world)]
+        flat = sorted(i for s in shards for i in s)
+        assert flat == list(range(n))
+        assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_batchnorm_recalibration_averages_over_all_batches():
+    torch.manual_seed(0)
+    net = RobNet(LARGE, C=4, layers=3).eval()
+    batches = [torch.rand(8, 3, 32, 32) for _ in range(3)]
+    assert recalibrate_batchnorm(net, batches) == 24
+    assert not net.training  # mode restored
+    conv = net.stem[0]
+    with torch.no_grad():
+        means = torch.stack([conv(b).mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(net.stem[1].running_mean, means, atol=1e-5)
+    assert net.stem[1].momentum == 0.1  # restored
+
+
+def test_correlation_values():
+    c = correlation([1, 2, 3, 4], [2, 4, 5, 9])
+    assert c["kendall"] == pytest.approx(1.0) and 0.9 < c["pearson"] < 1.0
+    assert correlation([1, 1, 1], [1, 2, 3])["pearson"] is None
+
+
+# ---------------------------------------------------------------------------------------- runs on real data
+@pytest.fixture(scope="module")
+def cifar_subset(tmp_path_factory):
+    """A real CIFAR-10 folder: the first 1,200 training images of ../shared (else the embedded real sample)."""
+    folder = tmp_path_factory.mktemp("data") / "cifar10"
+    folder.mkdir()
+    source = CIFAR10_NPZ / "train.npz"
+    if source.is_file():
+        with np.load(source) as data:
+            images, labels = data["images"][:1200], data["labels"][:1200]
+    else:
+        sample = load_sample()
+        images, labels = sample.images.numpy(), sample.labels.numpy()
+    np.savez(folder / "train.npz", images=images, labels=labels)
+    np.savez(folder / "test.npz", images=images[:100], labels=labels[:100])
+    return folder.parent
+
+
+def _settings(**extra):
+    values = {"search.C": 4, "search.layers": 3, "search.batch_size": 32, "search.supernet_max_steps": 8,
+              "search.num_samples": 4, "search.finetune_steps": 3, "search.eval_size": 48, "search.val_size": 100,
+              "search.eval_attack_steps": 3, "search.fsp_size": 16, "search.bn_recalibration_batches": 2,
+              "search.device": "cpu", "seed": 0, "search.checkpoint_every_steps": 4}
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def _args(overrides):
+    out = []
+    for o in overrides:
+        out += ["--set", o]
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_search(cifar_subset, tmp_path_factory):
+    from robnets.cli import main
+
+    folder = tmp_path_factory.mktemp("search") / "run"
+    code = main(["search", "--config", SEARCH, "--data-dir", str(cifar_subset),
+                 "--output-dir", str(folder), "--no-progress", *_args(_settings())])
+    assert code == 0
+    return folder
+
+
+def _scores(folder):
+    return {r["index"]: r for r in read_jsonl(sorted(folder.glob("scores.rank*.jsonl")))}
+
+
+def test_search_cli_end_to_end(finished_search, capsys, cifar_subset, tmp_path):
+    folder = finished_search
+    for name in ("config.yaml", "supernet.safetensors", "candidates.json", "architectures.json", "architectures.csv",
+                 "analysis.json", "ranking.md", "best_genotype.txt", "best_codes.json", "density_vs_adv.png",
+                 "fsp_vs_gap.png", "ranking.png"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "supernet_state.pt").exists()
+    rows = json.loads((folder / "architectures.json").read_text())
+    assert len(rows) == 4 and all(r["status"] == "scored" for r in rows)
+    assert len({r["genotype"] for r in rows}) == 4
+    for r in rows:
+        assert 0 <= r["adv"] <= r["clean"] <= 100 and r["n"] == 48
+        assert r["gap"] == pytest.approx(r["clean"] - r["adv"])
+        assert len(r["fsp"]) == 3 and r["density"] == pytest.approx(Genotype.parse(r["genotype"]).density())
+        assert Genotype.from_codes(r["codes"]) == Genotype.parse(r["genotype"])
+    best = (folder / "best_genotype.txt").read_text().strip()
+    assert best == rank(rows)[0]["genotype"]
+    assert [r["adv"] for r in rows if r["genotype"] == best][0] == max(r["adv"] for r in rows)
+    assert Genotype.from_codes(json.loads((folder / "best_codes.json").read_text())) == Genotype.parse(best)
+    analysis = json.loads((folder / "analysis.json").read_text())
+    assert analysis["n"] == 4 and "density_vs_adv" in analysis and "fsp_deep_vs_gap" in analysis
+    assert (folder / "density_vs_adv.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the found architecture trains directly from its file
+    from robnets.cli import main
+    from robnets.models.checkpoint import read_checkpoint
+
+    code = main(["train", "--genotype", str(folder / "best_genotype.txt"), "--data-dir", str(cifar_subset),
+                 "--method", "standard", "--epochs", "1", "--output-dir", str(tmp_path / "t"), "--no-progress",
+                 "--set", "model.C=4", "--set", "model.layers=3", "--set", "train.train_size=32",
+                 "--set", "train.val_size=32", "--set", "train.batch_size=16", "--set", "train.device=cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert read_checkpoint(tmp_path / "t" / "final.safetensors").metadata["architecture"] == best
+
+
+def _copy_supernet(source, target):
+    target.mkdir(parents=True)
+    shutil.copy(source / "supernet.safetensors", target / "supernet.safetensors")
+
+
+def test_search_resumes_where_it_stopped(finished_search, cifar_subset, tmp_path):
+    from robnets.config import load_config
+
+    folder = tmp_path / "resumed"
+    _copy_supernet(finished_search, folder)
+    config = load_config(SEARCH, _settings(**{"search.stop_after": 2}))
+    first = Search(config, output_dir=folder, data_dir=cifar_subset, progress=False, log_to_stderr=False).run()
+    assert not first.completed and len(_scores(folder)) == 2
+    config.search.stop_after = None
+    second = Search(config, output_dir=folder, data_dir=cifar_subset, progress=False, log_to_stderr=False).run()
+    assert second.completed and "resuming: 2 candidates already scored" in (folder / "search.log").read_text()
+    reference, resumed = _scores(finished_search), _scores(folder)
+    assert sorted(resumed) == [0, 1, 2, 3]
+    for i in range(4):
+        assert (resumed[i]["clean"], resumed[i]["adv"], resumed[i]["fsp"]) == \
+            (reference[i]["clean"], reference[i]["adv"], reference[i]["fsp"])
+
+
+class _FakeRanks(DistContext):
+    """Two ranks run one after the other in this process (no process group: collectives are identities)."""
+
+    def barrier(self) -> None:
+        pass
+
+    def all_reduce_sum(self, values, device):  # noqa: ANN001
+        return list(values)
+
+
+def test_sharded_search_scores_each_candidate_once_and_merges(finished_search, cifar_subset, tmp_path):
+    from robnets.config import load_config
+
+    folder = tmp_path / "sharded"
+    _copy_supernet(finished_search, folder)
+    config = load_config(SEARCH, _settings())
+    for rank_id in (1, 0):
+        Search(config, output_dir=folder, data_dir=cifar_subset, ctx=_FakeRanks(rank=rank_id, world_size=2),
+               progress=False, log_to_stderr=False).run()
+    per_rank = {r: [x["index"] for x in read_jsonl([folder / f"scores.rank{r}.jsonl"])] for r in (0, 1)}
+    assert per_rank == {0: [0, 2], 1: [1, 3]}
+    reference = _scores(finished_search)
+    merged = json.loads((folder / "architectures.json").read_text())
+    assert [(r["clean"], r["adv"]) for r in merged] == [(reference[i]["clean"], reference[i]["adv"]) for i in range(4)]
+
+
+class _StopAfter:
+    """A stop flag that trips after ``n`` checks (simulates SIGTERM mid-training)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @property
+    def raised(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_supernet_training_resumes_exactly(cifar_subset, tmp_path):
+    from robnets.config import load_config
+
+    config = load_config(SEARCH, _settings(**{"search.supernet_max_steps": 6}))
+    results = {}
+    for name, stop in (("straight", _StopAfter(10 ** 9)), ("interrupted", _StopAfter(3))):
+        search = Search(config, output_dir=tmp_path / name, data_dir=cifar_subset, progress=False,
+                        log_to_stderr=False)
+        search.folder.mkdir()
+        train, _ = search._data()
+        supernet = search.build_supernet(10)
+        torch.manual_seed(0)
+        done = search.train_supernet(supernet, train, stop)
+        if name == "interrupted":
+            assert not done and (search.folder / "supernet_state.pt").is_file()
+            supernet = search.build_supernet(10)
+            assert search.train_supernet(supernet, train, _StopAfter(10 ** 9))
+        results[name] = supernet.state_dict()
+    for key, value in results["straight"].items():
+        assert torch.equal(value, results["interrupted"][key]), key
+
+
+def test_cell_free_search_with_the_fsp_filter(cifar_subset, tmp_path):
+    from robnets.config import load_config
+
+    config = load_config(SEARCH_FREE,
+                         _settings(**{"search.finetune_steps": 0, "search.supernet_max_steps": 4, "search.fsp_keep": 0.5}))
+    result = Search(config, output_dir=tmp_path / "free", data_dir=cifar_subset, progress=False,
+                    log_to_stderr=False).run()
+    assert result.completed
+    rows = json.loads((tmp_path / "free" / "architectures.json").read_text())
+    assert all(len(Genotype.parse(r["genotype"]).cells) == 3 for r in rows)
+    scored = [r for r in rows if r["status"] == "scored"]
+    rejected = [r for r in rows if r["status"] == "rejected by FSP filter"]
+    assert len(scored) == 2 and len(rejected) == 2
+    assert max(r["fsp_inherited_deep"] for r in scored) <= min(r["fsp_inherited_deep"] for r in rejected)
+
+
+def test_bad_search_input_is_one_line(capsys):
+    from robnets.cli import main
+
+    assert main(["search"]) == 2
+    assert "needs --config" in capsys.readouterr().err
+    assert main(["search", "--config", SEARCH, "--set", "search.sampling=magic"]) == 2
+    assert "search.sampling must be one of" in capsys.readouterr().err
