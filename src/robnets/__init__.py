@@ -2,8 +2,9 @@
 
 from .errors import RobnetsError
 from .models import Genotype, RobNet, create_model, list_models, model_info, register_model
+from .models.checkpoint import load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["Genotype", "RobNet", "RobnetsError", "create_model", "list_models", "model_info",
+__all__ = ["Genotype", "RobNet", "RobnetsError", "create_model", "list_models", "load_model", "model_info",
            "register_model", "__version__"]
