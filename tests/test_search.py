@@ -366,3 +366,28 @@ def test_bad_search_input_is_one_line(capsys):
     assert "needs --config" in capsys.readouterr().err
     assert main(["search", "--config", SEARCH, "--set", "search.sampling=magic"]) == 2
     assert "search.sampling must be one of" in capsys.readouterr().err
+
+
+def test_two_gloo_processes_search_together(cifar_subset, tmp_path):
+    """torchrun with 2 CPU ranks: DDP supernet, candidates split between the ranks, one merged report."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun is not installed")
+    sets = [a for kv in _settings(**{"search.supernet_max_steps": 4, "search.finetune_steps": 1,
+                                     "search.eval_size": 32, "search.fsp_size": 8})
+            for a in ("--set", kv)]
+    run = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29541", "-m", "robnets", "search",
+                          "--distributed", "--config", SEARCH, "--data-dir", str(cifar_subset), "--output-dir",
+                          str(tmp_path / "ddp"), "--no-progress", *sets],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+                         cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder = tmp_path / "ddp"
+    assert "2 process(es)" in (folder / "search.log").read_text()
+    per_rank = {r: [x["index"] for x in read_jsonl([folder / f"scores.rank{r}.jsonl"])] for r in (0, 1)}
+    assert per_rank == {0: [0, 2], 1: [1, 3]}
+    assert len(json.loads((folder / "architectures.json").read_text())) == 4
