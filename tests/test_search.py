@@ -182,8 +182,8 @@ def cifar_subset(tmp_path_factory):
     """A real CIFAR-10 folder: the first 1,200 training images of ../shared (else the embedded real sample)."""
     folder = tmp_path_factory.mktemp("data") / "cifar10"
     folder.mkdir()
-    source = CIFAR10_NPZ / "train.npz"
-    if source.is_file():
+    source = next((p for p in (CIFAR10_NPZ / "train.npz", CIFAR10_NPZ / "train_0.npz") if p.is_file()), None)
+    if source is not None:
         with np.load(source) as data:
             images, labels = data["images"][:1200], data["labels"][:1200]
     else:

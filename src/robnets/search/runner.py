@@ -27,6 +27,7 @@ Phases (all resumable, the run folder holds everything):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -114,6 +115,9 @@ class Search:
                                        steps=config.train.attack_steps, fgsm_step=config.train.fgsm_step,
                                        nfgsm_noise=config.train.nfgsm_noise, nfgsm_step=config.train.nfgsm_step,
                                        trades_beta=config.train.trades_beta, precision=self.s.precision)
+        # The supernet's BatchNorm statistics mix every sampled architecture, so its attacks use batch
+        # statistics (train mode, as the original RobNets trained); candidates, re-calibrated, attack in eval mode.
+        self.supernet_settings = dataclasses.replace(self.settings, attack_train_mode=True)
         self.space = SearchSpace(layers=self.s.layers, steps=self.s.steps, share=self.s.share, mode=self.s.sampling,
                                  density_min=self.s.density_min, density_max=self.s.density_max,
                                  conv_budget=self.s.conv_budget)
@@ -164,10 +168,12 @@ class Search:
         return g
 
     def _train_step(self, model: nn.Module, attack_model: nn.Module, optimizer: torch.optim.Optimizer,
-                    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> float:
-        x_in = make_inputs(attack_model, x, y, self.settings, generator)
+                    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                    settings: MethodSettings | None = None) -> float:
+        settings = settings or self.settings
         model.train()
-        loss, _ = training_loss(model, x, x_in, y, self.settings)
+        x_in = make_inputs(attack_model, x, y, settings, generator)
+        loss, _ = training_loss(model, x, x_in, y, settings)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -227,7 +233,8 @@ class Search:
             for x, y in loader.iter_from(within):
                 supernet.set_architecture(self.supernet_space.sample(random.Random(derive_seed(self.config.seed, 1, step))))
                 set_learning_rate(optimizer, _cosine(s.supernet_lr, step, total))
-                loss_sum += self._train_step(model, supernet, optimizer, x, y, self._generator(2, step, ctx.rank))
+                loss_sum += self._train_step(model, supernet, optimizer, x, y, self._generator(2, step, ctx.rank),
+                                             self.supernet_settings)
                 count += 1
                 step += 1
                 bar.update(1)
