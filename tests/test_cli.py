@@ -139,7 +139,7 @@ def test_demo_says_plainly_when_no_trained_weights_ship(monkeypatch, tmp_path, c
 
     monkeypatch.setattr(pretrained, "find_shipped_weights", lambda *a, **k: None)
     assert main(["demo", "--n", "4", "--n-attack", "2", "--attacks", "clean,pgd1", "--output-dir",
-                 str(tmp_path / "demo"), "--no-progress"]) == 0
+                 str(tmp_path / "demo"), "--no-progress", "--sanity", "off"]) == 0
     assert "UNTRAINED" in capsys.readouterr().err
     result = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert result["model"] == "robnet_free" and result["parameters"] == 5_439_790
@@ -238,3 +238,18 @@ def test_transfer_and_eot(tmp_path, capsys):
     rows = json.loads((out / "results.json").read_text())["results"]
     assert [r["attack"] for r in rows] == ["clean", "transfer:pgd2"]
     assert rows[1]["settings"]["transfer_from"] and rows[1]["settings"]["eot_iter"] == 2
+
+
+def test_eval_builds_the_architecture_a_project_checkpoint_names(tmp_path, capsys):
+    """`robnets eval --checkpoint W.safetensors` without --model/--config rebuilds W's own architecture."""
+    import robnets
+    from robnets.cli import main
+    from robnets.models.checkpoint import save_weights
+
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    path = save_weights(model, tmp_path / "w.safetensors", model_name="robnet_large_v1", dataset="cifar10")
+    assert main(["eval", "--checkpoint", str(path), "--sample", "--n", "4", "--attacks", "clean",
+                 "--output-dir", str(tmp_path / "ev"), "--no-progress", "--sanity", "off"]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert result["model"] == "robnet_large_v1"
+    assert result["parameters"] == sum(p.numel() for p in model.parameters())

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("eval", help="clean and adversarial accuracy of a model")
     _add_eval_arguments(p_eval)
 
-    p_demo = sub.add_parser("demo", help="evaluate robnet_free on the embedded CIFAR-10 sample (the main job)")
+    p_demo = sub.add_parser("demo", help="evaluate the best shipped RobNet on the embedded CIFAR-10 sample (the main job)")
     _add_eval_arguments(p_demo, demo=True)
 
     p_train = sub.add_parser("train", help="adversarial training (original recipe or fast methods)")
@@ -177,7 +177,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.pipeline import run_evaluation
 
     _check_counts(args)
-    config = load_config(args.config, _eval_overrides(args))
+    overrides = _eval_overrides(args)
+    if args.config is None and not args.model and args.checkpoint:
+        # this project's weights name their architecture: build it instead of the default model
+        from .evaluation.pipeline import model_overrides_from_checkpoint
+
+        overrides = model_overrides_from_checkpoint(args.checkpoint) + overrides
+    config = load_config(args.config, overrides)
     if args.config is None and not args.model:
         config.name = "cli"
     run = run_evaluation(config, checkpoint=args.checkpoint, untrained=args.untrained, data_dir=args.data_dir,
@@ -190,8 +196,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the best RobNet the project ships (else untrained robnet_free) on the embedded
     CIFAR-10 sample, clean and PGD-20."""
-    import json as _json
-
     from .config import load_config
     from .evaluation.pipeline import run_evaluation
     from .models.pretrained import find_shipped_weights, shipped_metadata
@@ -206,11 +210,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("==> No trained weights ship with this version yet: the weights are UNTRAINED (random), so both "
               "accuracies are near chance. This run shows the pipeline, not robustness.", file=sys.stderr)
     else:
+        from .evaluation.pipeline import model_overrides_from_checkpoint
+
         meta = shipped_metadata(weights)
-        base.append(f"model.name={meta['model']}")
-        for key, value in _json.loads(meta.get("model_args", "{}")).items():
-            if value is not None and key not in ("mean", "std"):
-                base.append(f"model.{key}={_json.dumps(value) if isinstance(value, bool) else value}")
+        base += model_overrides_from_checkpoint(weights)
         n_attack = DEMO_N  # the shipped compact model is cheap enough to attack every image
         print(f"==> Shipped weights: {weights.name} ({meta['model']}, {meta.get('architecture', '')}; "
               f"{meta.get('notes', 'trained by this project')})", file=sys.stderr)

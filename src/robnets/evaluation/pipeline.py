@@ -41,6 +41,25 @@ def build_model(config: Config) -> nn.Module:
     return create_model(config.model.name, **config.model.model_kwargs())
 
 
+def model_overrides_from_checkpoint(path: str | Path) -> list[str]:
+    """``model.*`` overrides rebuilding the architecture a project safetensors file names in its metadata
+    (model name and constructor arguments); empty for files without that metadata (original checkpoints)."""
+    import json
+
+    if not Path(path).is_file():
+        return []
+    meta = read_checkpoint(path).metadata
+    if not meta.get("model"):
+        return []
+    out = [f"model.name={meta['model']}"]
+    if meta["model"] == "robnet" and meta.get("architecture"):
+        out.append(f"model.genotype={meta['architecture']}")
+    for key, value in json.loads(meta.get("model_args") or "{}").items():
+        if value is not None and key not in ("mean", "std", "genotype"):
+            out.append(f"model.{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
 def load_checkpoint_into(model: nn.Module, path: str | Path, model_name: str) -> str:
     """Load weights strictly; return a provenance string (path and sha256)."""
     loaded = read_checkpoint(path)
