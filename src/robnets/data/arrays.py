@@ -47,6 +47,14 @@ class ImageArrayDataset(Dataset):
         images = self.images[start:stop].permute(0, 3, 1, 2).float().div_(255.0)
         return images.contiguous(), self.labels[start:stop].clone()
 
+    def hold_out(self, n: int) -> tuple[ImageArrayDataset, ImageArrayDataset]:
+        """(the rest, the last ``n`` examples): the training split and a held-out validation slice."""
+        k = len(self) - n
+        rest = ImageArrayDataset(self.images[:k], self.labels[:k], num_classes=self.num_classes, name=self.name)
+        held = ImageArrayDataset(self.images[k:], self.labels[k:], num_classes=self.num_classes,
+                                 name="validation (held out)")
+        return rest, held
+
     def subset(self, n: int) -> ImageArrayDataset:
         """The first ``n`` examples (all when n exceeds the size)."""
         return ImageArrayDataset(self.images[:n], self.labels[:n], num_classes=self.num_classes, name=self.name)

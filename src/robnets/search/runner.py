@@ -146,10 +146,7 @@ class Search:
         if s.eval_size > s.val_size or s.fsp_size > s.val_size:
             raise RobnetsError(f"search.eval_size ({s.eval_size}) and search.fsp_size ({s.fsp_size}) cannot "
                                f"exceed search.val_size ({s.val_size})")
-        val = ImageArrayDataset(train.images[n - s.val_size:], train.labels[n - s.val_size:],
-                                num_classes=train.num_classes, name="validation (held out)")
-        train = ImageArrayDataset(train.images[: n - s.val_size], train.labels[: n - s.val_size],
-                                  num_classes=train.num_classes, name=train.name)
+        train, val = train.hold_out(s.val_size)
         if s.train_size is not None:
             train = train.subset(s.train_size)
         return train, val

@@ -149,10 +149,7 @@ class Trainer:
         if t.val_size > 0:
             if t.val_size >= n:
                 raise RobnetsError(f"train.val_size={t.val_size} leaves no training data ({n} images)")
-            val = ImageArrayDataset(train.images[n - t.val_size:], train.labels[n - t.val_size:],
-                                    num_classes=train.num_classes, name="validation (held out)")
-            train = ImageArrayDataset(train.images[: n - t.val_size], train.labels[: n - t.val_size],
-                                      num_classes=train.num_classes, name=train.name)
+            train, val = train.hold_out(t.val_size)
         if t.train_size is not None:
             train = train.subset(t.train_size)
         return train, val
