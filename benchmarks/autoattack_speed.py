@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from robnets.acceleration import accelerate
 from robnets.attacks import APGD, AutoAttack
 from robnets.data import load_sample
 from robnets.models import create_model
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--apgd-only", action="store_true")
+    parser.add_argument("--plain", action="store_true", help="run the model as is (default: the fast path, as "
+                        "robnets eval does)")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -43,11 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint) if args.checkpoint else create_model(args.model)
     model = model.to(device).eval()
+    execution = "plain"
+    if not args.plain:
+        model, execution = accelerate(model, device)
     x, y = load_sample().batch(0, args.n)
     x, y = x.to(device), y.to(device)
     row: dict = {"model": args.checkpoint or args.model, "n": args.n, "device": str(device),
                  "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                 "torch": torch.__version__}
+                 "torch": torch.__version__, "execution": execution,
+                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     if args.apgd_only:
         with torch.no_grad():
             y = torch.cat([model(x[i:i + args.bs]).argmax(1) for i in range(0, args.n, args.bs)])
@@ -66,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         def log(message: str) -> None:
             if message.startswith("robust accuracy after"):
                 marks.append((message.split()[3].rstrip(":").lower(), time.perf_counter()))
-            print(message, file=sys.stderr)
+            print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
 
-        aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", seed=0, log=log)
         start = time.perf_counter()
+        aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", seed=0, log=log)
         aa.run_standard_evaluation(x, y, bs=args.bs)
         seconds = time.perf_counter() - start
         per_attack, last = {}, start

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import robnets
-from robnets.acceleration import FastRobNet, accelerate
+from robnets.acceleration import FastRobNet, accelerate, triton_usable
 from robnets.attacks import PGD
 from robnets.models.checkpoint import load_model
 
@@ -41,17 +41,29 @@ def _random_bn(model, seed=0):
                 m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stem", sorted(FIXTURES))
-def test_fast_path_matches_plain_on_the_reference_fixtures(reference_dir, stem):
+def test_fast_path_matches_plain_on_the_reference_fixtures(reference_dir, stem, device):
     folder = reference_dir / "original_checkpoints"
     expected = torch.load(folder / f"{stem}.expected.pt", weights_only=True)
-    model = load_model(folder / f"{stem}.pth.tar", FIXTURES[stem], **expected["model_param"])
-    x = expected["inputs"]
-    y = torch.arange(x.shape[0]) % model.num_classes
-    plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
-    fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model), x, y)
-    assert (fast_logits - plain_logits).abs().max() <= 1e-4 * plain_logits.abs().max()
-    assert _rel(fast_grad, plain_grad) <= 1e-4
+    model = load_model(folder / f"{stem}.pth.tar", FIXTURES[stem], **expected["model_param"]).to(device)
+    x = expected["inputs"].to(device)
+    y = torch.arange(x.shape[0], device=device) % model.num_classes
+    kernels = ["torch"] + (["triton"] if device == "cuda" and triton_usable(torch.device(device)) else [])
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # exact fp32 on CUDA too
+    try:
+        plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
+        for kind in kernels:
+            fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model, kernels=kind), x, y)
+            assert (fast_logits - plain_logits).abs().max() <= 1e-4 * plain_logits.abs().max(), kind
+            assert _rel(fast_grad, plain_grad) <= 1e-4, kind
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -142,3 +154,42 @@ def test_cuda_graph_pgd_equals_eager_pgd():
     graphed = PGD(fast, steps=5, seed=0, cuda_graphs=True)(x, y)
     assert (eager != graphed).float().mean() <= 1e-3
     assert (graphed - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_environment_overrides_the_kernel_choice(monkeypatch):
+    robnet = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    monkeypatch.setenv("ROBNETS_FAST_KERNELS", "torch")
+    assert accelerate(robnet, "cpu")[0].kernels == "torch"
+    monkeypatch.setenv("ROBNETS_FAST_KERNELS", "cuda-magic")
+    with pytest.raises(robnets.RobnetsError, match="ROBNETS_FAST_KERNELS must be auto, torch or triton"):
+        accelerate(robnet, "cpu")
+    from robnets.acceleration import cuda_graphs_enabled
+
+    assert cuda_graphs_enabled("cuda") and not cuda_graphs_enabled("cpu")
+    monkeypatch.setenv("ROBNETS_CUDA_GRAPHS", "0")
+    assert not cuda_graphs_enabled("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_cuda_fast_path_matches_plain(kernels):
+    """On CUDA, with TF32 off on both sides: fast logits and input gradients within 1e-4 of the plain path."""
+    if kernels == "triton" and not triton_usable(torch.device("cuda")):
+        pytest.skip("Triton is not installed")
+    cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        for name, kwargs in [("robnet_free", {}), ("robnet_large_v1", {"C": 16, "layers": 8})]:
+            model = robnets.create_model(name, **kwargs)
+            _random_bn(model)
+            model = model.cuda().eval()
+            x = torch.rand(16, 3, 32, 32, device="cuda")
+            y = torch.randint(0, 10, (16,), device="cuda")
+            plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
+            fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model.set_reference_mode(False),
+                                                                       kernels=kernels), x, y)
+            assert (fast_logits - plain_logits).abs().max() <= 1e-4 * plain_logits.abs().max(), name
+            assert _rel(fast_grad, plain_grad) <= 1e-4, name
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32

@@ -29,7 +29,7 @@ from torch import nn
 from ..attacks import PGD
 from ..models import RobNet, create_model
 from ..models.flops import flops_per_image
-from .select import accelerate
+from .select import accelerate, cuda_graphs_enabled
 
 FLOP_MULTIPLIER = {"forward": 1, "pgd20": 41, "train_pgd7": 17}
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -104,7 +104,7 @@ def _workloads(name: str, path: str, model: nn.Module, device: torch.device, x: 
         if isinstance(model, RobNet):
             model.set_reference_mode(False)
         engine, _ = accelerate(model, device)
-        cuda_graphs = device.type == "cuda"
+        cuda_graphs = cuda_graphs_enabled(device)
         pgd20 = PGD(engine, eps=EPS, alpha=ALPHA, steps=20, precision=precision, cuda_graphs=cuda_graphs)
         pgd7 = PGD(engine, eps=EPS, alpha=ALPHA, steps=7, precision=precision, cuda_graphs=cuda_graphs)
         x_cl = x.contiguous(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ from ..config import Config, save_config
 from ..data import DATASETS, load_dataset, resolve_data_root
 from ..errors import RobnetsError
 from ..io import sha256_file
-from ..acceleration import accelerate
+from ..acceleration import accelerate, cuda_graphs_enabled
 from ..models import RobNet, create_model
 from ..models.checkpoint import load_weights, read_checkpoint
 from ..models.registry import model_info
@@ -150,7 +150,7 @@ def run_evaluation(
         if isinstance(model, RobNet):
             model.set_reference_mode(True)
         engine, execution = model, "plain (as the original implementation: every op, zero edges multiplied)"
-    attacks = attack_set(config, engine, cuda_graphs=config.eval.execution == "fast" and device.type == "cuda")
+    attacks = attack_set(config, engine, cuda_graphs=config.eval.execution == "fast" and cuda_graphs_enabled(device))
     log(note)
     batch_size = config.eval.batch_size or config.data.batch_size
     folder = Path(output_dir) if output_dir else default_run_folder(config)
