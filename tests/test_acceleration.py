@@ -173,7 +173,9 @@ def test_environment_overrides_the_kernel_choice(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 def test_cuda_fast_path_matches_plain(kernels):
-    """On CUDA, with TF32 off on both sides: fast logits and input gradients within 1e-4 of the plain path."""
+    """Full-size RobNets on CUDA, TF32 off. In float64 the fast path equals the plain one up to rounding; in
+    fp32 it is as close to the float64 result as the plain fp32 path is (deep random networks amplify rounding
+    at ReLU kinks, so both fp32 paths differ from float64 by more than 1e-4 there)."""
     if kernels == "triton" and not triton_usable(torch.device("cuda")):
         pytest.skip("Triton is not installed")
     cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -183,13 +185,18 @@ def test_cuda_fast_path_matches_plain(kernels):
         for name, kwargs in [("robnet_free", {}), ("robnet_large_v1", {"C": 16, "layers": 8})]:
             model = robnets.create_model(name, **kwargs)
             _random_bn(model)
-            model = model.cuda().eval()
-            x = torch.rand(16, 3, 32, 32, device="cuda")
+            model = model.cuda().eval().double()
+            x = torch.rand(16, 3, 32, 32, device="cuda", dtype=torch.float64)
             y = torch.randint(0, 10, (16,), device="cuda")
+            ref_logits, ref_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
+            if kernels == "torch":
+                logits64, grad64 = _logits_and_input_grad(FastRobNet(model.set_reference_mode(False)), x, y)
+                assert _rel(logits64, ref_logits) <= 1e-10 and _rel(grad64, ref_grad) <= 1e-8, name
+            model, x = model.float(), x.float()
             plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
             fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model.set_reference_mode(False),
                                                                        kernels=kernels), x, y)
-            assert (fast_logits - plain_logits).abs().max() <= 1e-4 * plain_logits.abs().max(), name
-            assert _rel(fast_grad, plain_grad) <= 1e-4, name
+            for fast, plain, ref in [(fast_logits, plain_logits, ref_logits), (fast_grad, plain_grad, ref_grad)]:
+                assert _rel(fast.double(), ref) <= max(1e-4, 2 * _rel(plain.double(), ref)), name
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32

@@ -11,12 +11,12 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 timeout 150 python3 scripts/device/preflight.py --env /tmp/robnets_env --json /tmp/preflight.json
 cp /tmp/preflight.json "$OUT/" 2>/dev/null
 [ -f /tmp/robnets_env ] && source /tmp/robnets_env && cat /tmp/robnets_env
-echo "== smoke: train robnet_free 2 short epochs on 1,536 images, then evaluate"
+echo "== smoke: train robnet_free 2 short epochs on 1,024 images, then evaluate"
 timeout 120 python3 -m robnets train --config experiments/robnet_free_nfgsm_gpu/config.yaml --data-dir /tmp/cifar10 \
-  --epochs 1 --set train.train_size=1536 --set train.val_size=256 --output-dir /tmp/smoke --no-progress 2>&1 | tail -15
+  --epochs 1 --set train.train_size=1024 --set train.val_size=256 --output-dir /tmp/smoke --no-progress 2>&1 | tail -15
 timeout 60 python3 -m robnets eval --checkpoint /tmp/smoke/final.safetensors --sample --n 500 --attacks clean,pgd20 \
   --batch-size 500 --output-dir /tmp/smoke_eval --no-progress 2>&1 | tail -12
 echo "== CUDA tests"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_acceleration.py tests/test_attacks.py \
-  tests/test_autoattack.py tests/test_training_data.py tests/test_triton_kernels.py 2>&1 | tail -15
+timeout 150 python3 -m pytest -q -rf --tb=line -p no:cacheprovider -k cuda tests/test_acceleration.py tests/test_attacks.py \
+  tests/test_autoattack.py tests/test_training_data.py tests/test_triton_kernels.py 2>&1 | tail -25
 } 2>&1 | tee "$OUT/call1.log"

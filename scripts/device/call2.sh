@@ -7,6 +7,5 @@ cp .gpudata/b/* /tmp/cifar10/ 2>/dev/null
 [ -f /tmp/robnets_env ] && source /tmp/robnets_env
 {
 timeout 120 python3 benchmarks/throughput.py --device cuda --models robnet_free,preact_resnet18 --iters 4 --profile --out "$OUT"
-timeout 60 python3 benchmarks/throughput.py --device cuda --models robnet_free --bf16 --iters 4 --workloads pgd20,train_pgd7 --out "$OUT"
-timeout 80 python3 benchmarks/throughput.py --device cuda --models robnet_large_v1,robnet_large_v2 --batch-size 64 --iters 2 --out "$OUT"
+timeout 50 python3 benchmarks/throughput.py --device cuda --models robnet_free --bf16 --iters 2 --workloads forward,pgd20 --out "$OUT"
 } 2>&1 | tee "$OUT/call2.log"

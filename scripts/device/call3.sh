@@ -5,7 +5,7 @@
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/cifar10
-TRAIN_BUDGET=${TRAIN_BUDGET:-240}
+TRAIN_BUDGET=${TRAIN_BUDGET:-230}
 cp .gpudata/c/*.npz .gpudata/c/SHA256SUMS /tmp/cifar10/ 2>/dev/null
 [ -f /tmp/robnets_env ] && source /tmp/robnets_env
 {
@@ -23,7 +23,7 @@ for p in fp32 bf16; do
     $flag --output-dir /tmp/rf_eval_$p --no-progress 2>&1 | tail -8
 done
 ROBNETS_SHARED=$PWD/.gpudata/c timeout 60 python3 -m pytest -q -p no:cacheprovider -k "cuda" tests/test_acceleration.py 2>&1 | tail -5
-timeout 150 python3 benchmarks/autoattack_speed.py --checkpoint $W --n 500 --bs 500 --device cuda --json /tmp/aa_gpu.json
+timeout 100 python3 benchmarks/autoattack_speed.py --checkpoint $W --n 500 --bs 500 --device cuda --json /tmp/aa_gpu.json
 } 2>&1 | tee "$OUT/call3.log"
 cp $W "$OUT/" 2>/dev/null
 tar czf "$OUT/bundle.tgz" --exclude='*.pt' --exclude='*.safetensors' /tmp/rf /tmp/rf_eval_fp32 /tmp/rf_eval_bf16 /tmp/aa_gpu.json /tmp/preflight.json 2>/dev/null

@@ -56,6 +56,9 @@ BLOCK_P = 64  # output pixels per program (forward) / input pixels per program (
 MAX_BLOCK_CI = 64  # input channels per chunk of the reduction (K of the forward dot, N of the backward dot)
 MAX_BLOCK_CO = 64  # output channels per program (N of the forward dot, K of the backward dot)
 NUM_WARPS = 4
+# No software pipelining: the 9 tap loads per chunk already fill shared memory (pipelined, a 64x64 fp32
+# tile needed 340 KB, over the 227 KB an H100/H200 block may use).
+NUM_STAGES = 1
 
 
 def _interpreting() -> bool:
@@ -236,7 +239,7 @@ class _SepHalfFunction(torch.autograd.Function):
             *x.stride(), *y.stride(),
             STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
             RELU=relu, HAS_BIAS=bias is not None, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS,
+            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         return y
 
@@ -263,7 +266,7 @@ class _SepHalfFunction(torch.autograd.Function):
             *x.stride(), *grad_out.stride(), *grad_x.stride(),
             STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
             RELU=relu, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS,
+            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         return grad_x, None, None, None, None, None, None, None
 

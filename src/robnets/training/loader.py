@@ -112,6 +112,7 @@ class GpuBatchLoader:
         self.images = dataset.images.to(self.device).permute(0, 3, 1, 2).contiguous()
         self.labels = dataset.labels.to(self.device, torch.int64)
         self._aug_generator = torch.Generator(device=self.device) if self.augment else None
+        self._to_float = (torch.arange(256, dtype=torch.float32) / 255.0).to(self.device)
         self._perm_cache: tuple[int, torch.Tensor] | None = None
         self._epoch = 0
         self._step = 0
@@ -220,7 +221,9 @@ class GpuBatchLoader:
                                            cutout_length=self.cutout_length, generator=generator,
                                            device=self.device)
             images = apply_augment_params(images, params.narrow(offset, length))
-        return images.float().div_(255.0), labels
+        # a table lookup, not a division: CUDA divides by a scalar as a multiplication by its reciprocal, which
+        # differs from the CPU's x / 255 in the last bit for some pixel values
+        return torch.take(self._to_float, images.long()), labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, total = self._epoch, len(self)
