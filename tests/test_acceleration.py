@@ -182,7 +182,8 @@ def test_cuda_fast_path_matches_plain(kernels):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         torch.manual_seed(0)
-        for name, kwargs in [("robnet_free", {}), ("robnet_large_v1", {"C": 16, "layers": 8})]:
+        models = [("robnet_free", {}), ("robnet_large_v1", {"C": 16, "layers": 8})]
+        for name, kwargs in models[1:] if kernels == "triton" else models:  # Triton: fewer shapes to compile
             model = robnets.create_model(name, **kwargs)
             _random_bn(model)
             model = model.cuda().eval().double()

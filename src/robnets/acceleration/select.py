@@ -44,9 +44,11 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
                channels_last: bool = True) -> tuple[nn.Module, str]:
     """Return (model to run, description). RobNets get a :class:`FastRobNet`; other models run as they are.
 
-    ``kernels='auto'`` uses fused Triton kernels on CUDA when Triton is installed, PyTorch ops otherwise;
-    the environment variable ``ROBNETS_FAST_KERNELS=torch|triton`` overrides that choice (e.g. where a
-    benchmark showed PyTorch's kernels to be faster on a given GPU).
+    ``kernels='auto'`` uses PyTorch's kernels (cuDNN on CUDA). The fused Triton kernels are opt-in
+    (``kernels='triton'`` or ``ROBNETS_FAST_KERNELS=triton``): on an H200 (torch 2.11, Triton 3.6) they were
+    as accurate as cuDNN, but compiling them for robnet_free's shapes took minutes and a 500-image PGD-20
+    evaluation with them (compilation included) ran at 21 images/s against 165 with cuDNN, their steady-state
+    speed unmeasured (results/gpu-h200-2026-11-26.md); so they are not chosen automatically.
     """
     if not isinstance(model, RobNet):
         return model, f"plain ({type(model).__name__}: no fast path, running as is)"
@@ -55,7 +57,10 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
         device = param.device
     device = torch.device(device)
     if kernels == "auto":
-        kernels = kernels_from_environment() or ("triton" if triton_usable(device) else "torch")
+        kernels = kernels_from_environment() or "torch"
+    if kernels == "triton" and not triton_usable(device):
+        raise RobnetsError(f"Triton kernels were asked for but cannot run on {device} (they need Triton and a CUDA "
+                           "GPU); unset ROBNETS_FAST_KERNELS or use kernels='torch'")
     fast = FastRobNet(model, channels_last=channels_last, kernels=kernels).train(model.training)
     layout = "channels-last" if channels_last else "NCHW"
     return fast, f"fast (zero edges skipped, BatchNorm folded, shared ReLUs, {layout}, {kernels} kernels)"
