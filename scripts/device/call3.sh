@@ -22,8 +22,11 @@ for p in fp32 bf16; do
   timeout 120 python3 -m robnets eval --checkpoint $W --data-dir /tmp/cifar10 --attacks clean,pgd20 --batch-size 500 \
     $flag --output-dir /tmp/rf_eval_$p --no-progress 2>&1 | tail -8
 done
-ROBNETS_SHARED=$PWD/.gpudata/c timeout 60 python3 -m pytest -q -p no:cacheprovider -k "cuda" tests/test_acceleration.py 2>&1 | tail -5
+ROBNETS_SHARED=$PWD/.gpudata/c timeout 60 python3 -m pytest -q -rf -p no:cacheprovider -k "fixtures and cuda" tests/test_acceleration.py 2>&1 | tail -5
 timeout 100 python3 benchmarks/autoattack_speed.py --checkpoint $W --n 500 --bs 500 --device cuda --json /tmp/aa_gpu.json
+echo "== CUDA tests of the opt-in Triton kernels (slow to compile)"
+timeout 90 python3 -m pytest -q -rf --tb=line -p no:cacheprovider --timeout 80 -k "cuda" tests/test_triton_kernels.py \
+  "tests/test_acceleration.py::test_cuda_fast_path_matches_plain[triton]" 2>&1 | tail -12
 } 2>&1 | tee "$OUT/call3.log"
 cp $W "$OUT/" 2>/dev/null
 tar czf "$OUT/bundle.tgz" --exclude='*.pt' --exclude='*.safetensors' /tmp/rf /tmp/rf_eval_fp32 /tmp/rf_eval_bf16 /tmp/aa_gpu.json /tmp/preflight.json 2>/dev/null
