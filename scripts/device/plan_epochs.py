@@ -15,7 +15,7 @@ if not rate:
     print(4)
     sys.exit(0)
 epoch_seconds = images / rate * 1.15 + 4.0  # loader, per-epoch PGD-10 validation on 1,000 images, checkpoints
-total = int(budget // epoch_seconds)
-print(max(1, min(40, total - 1)))
-print(f"plan: {rate:.0f} training images/s -> {epoch_seconds:.1f} s per epoch -> {max(2, total)} epochs in "
-      f"{budget:.0f} s", file=sys.stderr)
+after_warmup = max(1, min(40, int(budget // epoch_seconds) - 1))
+print(after_warmup)
+print(f"plan: {rate:.0f} training images/s -> {epoch_seconds:.1f} s per epoch -> 1 warm-up + {after_warmup} epochs "
+      f"for {budget:.0f} s", file=sys.stderr)

@@ -151,11 +151,11 @@ def main() -> int:
     report["attack_step_seconds"] = speed
     report["attack_step_images_per_s"] = {k: args.batch_size / v for k, v in speed.items()}
     print("attack step img/s:", {k: round(v) for k, v in report["attack_step_images_per_s"].items()}, flush=True)
-    # 2b. one N-FGSM training step (fast attack, then forward/backward/SGD on the source model in train mode)
     fastest = min((k for k in ("torch", "triton") if kernels_ok[k] and f"{k}_fp32" in speed),
                   key=lambda k: speed[f"{k}_fp32"])
     report["chosen_kernels"] = fastest
     model.to(memory_format=torch.channels_last)  # as the trainer holds it
+    # 2b. one N-FGSM training step (fast attack, then forward/backward/SGD on the source model in train mode)
     for precision in ("bf16", "fp32"):
         try:
             report[f"nfgsm_train_step_images_per_s_{precision}"] = args.batch_size / _time_train_step(
