@@ -1,11 +1,11 @@
 #!/bin/bash
-# Device call 2 of 3 (carry .gpudata/b = train_1.npz): throughput benchmark, plain vs fast, fp32 and bf16.
+# Device call 2 of 3 (carry .gpudata/b = train_1.npz): time the N-FGSM training step of robnet_free (bf16,
+# as the trainer runs it) for plan_epochs.py in call 3.
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/cifar10
 cp .gpudata/b/* /tmp/cifar10/ 2>/dev/null
-[ -f /tmp/robnets_env ] && source /tmp/robnets_env
 {
-timeout 120 python3 benchmarks/throughput.py --device cuda --models robnet_free,preact_resnet18 --iters 4 --profile --out "$OUT"
-timeout 50 python3 benchmarks/throughput.py --device cuda --models robnet_free --bf16 --iters 2 --workloads forward,pgd20 --out "$OUT"
+timeout 60 python3 scripts/device/preflight.py --train-rate-only --json /tmp/preflight.json
+cp /tmp/preflight.json "$OUT/" 2>/dev/null
 } 2>&1 | tee "$OUT/call2.log"

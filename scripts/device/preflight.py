@@ -81,6 +81,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
     parser.add_argument("--time-triton", action="store_true",
                         help="also time the Triton kernels (compiling them took minutes on an H200)")
+    parser.add_argument("--train-rate-only", action="store_true",
+                        help="only time the N-FGSM training step (what plan_epochs.py needs), ~30 s on a GPU")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -97,6 +99,17 @@ def main() -> int:
     model = robnets.create_model("robnet_free").to(device).eval()
     x = torch.rand(args.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
+    if args.train_rate_only:
+        model.to(memory_format=torch.channels_last)
+        for precision in ("bf16",):
+            report[f"nfgsm_train_step_images_per_s_{precision}"] = args.batch_size / _time_train_step(
+                model, FastRobNet(model), x, y, precision)
+        print("N-FGSM training img/s:", {k: round(v) for k, v in report.items() if k.startswith("nfgsm_train_step")},
+              flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        return 0
 
     # 1. correctness of each kernel family, fp32 with TF32 off, against a float64 reference of the plain path:
     #    a kernel family passes if its error is within 1e-4 or no worse than twice the plain fp32 path's own error
