@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -36,9 +37,14 @@ def main() -> int:
     parser.add_argument("--max-batch", action="store_true", help="also find the largest batch (CUDA)")
     parser.add_argument("--profile", action="store_true", help="profile one fast PGD step of robnet_free")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the fast path through torch.compile (ROBNETS_COMPILE=1; compile time is in the "
+                             "untimed warm-up: minutes for robnet_free)")
     parser.add_argument("--out", default="results", help="folder for the result files")
     args = parser.parse_args()
 
+    if args.compile:
+        os.environ["ROBNETS_COMPILE"] = "1"
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -49,7 +55,7 @@ def main() -> int:
     workloads = tuple(w.strip() for w in args.workloads.split(","))
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "device_type": device.type, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-           "batch_size": batch, "precision": precision, "iters": iters, "date": time.strftime("%Y-%m-%d %H:%M")}
+           "batch_size": batch, "precision": precision, "iters": iters, "fast_path_compiled": args.compile, "date": time.strftime("%Y-%m-%d %H:%M")}
     print(f"# throughput on {env['device']} ({device.type}), torch {env['torch']}, batch {batch}, {precision}, "
           f"{env['cpu_threads']} CPU threads", file=sys.stderr)
 

@@ -3,6 +3,8 @@ agree on the reference fixtures and random inputs, exactly up to rounding (check
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,3 +203,128 @@ def test_cuda_fast_path_matches_plain(kernels):
                 assert _rel(fast.double(), ref) <= max(1e-4, 2 * _rel(plain.double(), ref)), name
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
+
+
+def _perturb_weights(model, seed=3):
+    """An optimizer step and new BatchNorm statistics, in place (as training does between attacks)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g).to(p.device) * 0.01)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.05)
+                m.running_var.mul_(1.1)
+
+
+def test_engine_finds_every_folded_conv(monkeypatch):
+    from robnets.acceleration import fast_robnet, folding
+
+    made = []
+    original = folding.FoldedConv.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(folding.FoldedConv, "__init__", recording_init)
+    for name, kwargs in [("robnet_free", {"C": 4}), ("robnet_large_v1", {"C": 4, "layers": 5, "imagenet_stem": True})]:
+        made.clear()
+        engine = fast_robnet.FastRobNet(robnets.create_model(name, **kwargs))
+        assert {id(f) for f in engine._folded} == {id(f) for f in made} and len(engine._folded) == len(made) > 20
+
+
+def test_folded_parameters_follow_weight_changes_in_place():
+    """Training changes the weights between attacks: the engine follows them, and the folded tensors keep
+    their identity (captured CUDA graphs and compiled graphs read them by address)."""
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3).eval()
+    _random_bn(model)
+    engine = FastRobNet(model)
+    x = torch.rand(2, 3, 32, 32)
+    engine(x)
+    before = [(id(f._weight), f._weight.clone()) for f in engine._folded]
+    _perturb_weights(model)
+    engine.refresh()
+    after = [(id(f._weight), f._weight) for f in engine._folded]
+    assert [i for i, _ in before] == [i for i, _ in after]
+    assert all(not torch.equal(old, new) for (_, old), (_, new) in zip(before, after))
+    with torch.no_grad():
+        assert torch.allclose(engine(x), model.set_reference_mode(True)(x), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_engine_equals_eager_and_never_recompiles_for_new_weights():
+    """compile=...: one graph, no breaks (fullgraph), same logits and input gradients as the eager engine,
+    and weight changes (training) reuse the graph instead of recompiling. A counting backend stands in for
+    Inductor, whose compilation of even a tiny RobNet takes ~50 s on 2 cores (test below, opt-in on CPU)."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3).eval()
+    _random_bn(model)
+    compiled, eager = FastRobNet(model, compile=counting_backend), FastRobNet(model)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
+    for _ in range(2):
+        c_logits, c_grad = _logits_and_input_grad(compiled, x, y)
+        e_logits, e_grad = _logits_and_input_grad(eager, x, y)
+        assert torch.equal(c_logits, e_logits) and torch.equal(c_grad, e_grad)
+        _perturb_weights(model)
+    assert len(graphs) == 1
+    with pytest.raises(ValueError, match="does not combine with kernels='triton'"):
+        FastRobNet(model, compile=True, kernels="triton")
+
+
+def test_compile_switch_from_the_environment(monkeypatch):
+    from robnets.acceleration import compile_from_environment
+
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    monkeypatch.setenv("ROBNETS_COMPILE", "1")
+    assert compile_from_environment()
+    engine, description = accelerate(model, "cpu")
+    assert engine.compiled and "torch.compile" in description
+    assert accelerate(model, "cpu")[0] is engine  # one compiled engine per model: no recompilation
+    monkeypatch.setenv("ROBNETS_FAST_KERNELS", "triton")
+    with pytest.raises(robnets.RobnetsError, match="does not combine"):
+        accelerate(model, "cpu")
+    monkeypatch.delenv("ROBNETS_FAST_KERNELS")
+    monkeypatch.setenv("ROBNETS_COMPILE", "yes please")
+    with pytest.raises(robnets.RobnetsError, match="ROBNETS_COMPILE must be 0 or 1"):
+        accelerate(model, "cpu")
+    monkeypatch.setenv("ROBNETS_COMPILE", "0")
+    assert not accelerate(model, "cpu")[0].compiled
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("ROBNETS_TEST_INDUCTOR") != "1",
+                    reason="Inductor compilation takes ~50 s on 2 CPU cores: runs on CUDA, or set ROBNETS_TEST_INDUCTOR=1")
+def test_inductor_compiled_engine_matches_eager():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=8, layers=3).to(device).eval()
+    x, y = torch.rand(4, 3, 32, 32, device=device), torch.tensor([1, 7, 3, 0], device=device)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        c_logits, c_grad = _logits_and_input_grad(FastRobNet(model, compile=True), x, y)
+        e_logits, e_grad = _logits_and_input_grad(FastRobNet(model), x, y)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert _rel(c_logits, e_logits) <= 1e-5 and _rel(c_grad, e_grad) <= 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_attack_follows_weight_changes():
+    """A captured PGD graph reused after an optimizer step attacks the new weights (the engine refreshes its
+    folded parameters in place before each replay), exactly as an eager attack does."""
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=8, layers=3).cuda().eval()
+    engine = FastRobNet(model)
+    x, y = torch.rand(8, 3, 32, 32, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    graphed = PGD(engine, steps=3, seed=0, cuda_graphs=True)
+    graphed(x, y)
+    _perturb_weights(model)
+    assert (graphed(x, y) != PGD(engine, steps=3, seed=0)(x, y)).float().mean() <= 1e-3

@@ -51,6 +51,9 @@ class GraphedLinfStep:
 
     def run(self, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
         """``steps`` PGD steps from ``start`` for images ``x`` with labels ``y``."""
+        refresh = getattr(self.model, "refresh", None)
+        if refresh is not None:  # weights may have changed since capture (training): update folded copies
+            refresh()
         self.x.copy_(x)
         self.y.copy_(y)
         self.x_adv.copy_(start)

@@ -7,7 +7,9 @@ What it does differently from the plain network, without changing the function i
 * ReLU of a state read by several edges is computed once, not once per edge;
 * activations use the channels-last layout where that is faster (depthwise convs on CPU and GPU);
 * each half of a separable conv (ReLU, depthwise 3x3, pointwise 1x1 + folded BN) can run as one fused
-  Triton kernel on CUDA (``kernels='triton'``), moving each activation through memory once.
+  Triton kernel on CUDA (``kernels='triton'``), moving each activation through memory once;
+* or the whole forward/backward can go through ``torch.compile`` (``compile=True``), whose graph no longer
+  holds the zero multiplications and unfused BatchNorms, so Inductor can fuse the element-wise work.
 
 Gradients flow to the input only (what attacks need); train with the source model. The engine follows the
 source's current weights and BN statistics (folded parameters are re-derived when they change).
@@ -133,10 +135,37 @@ class _FastCell:
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
+def _find_folded(engine: FastRobNet) -> list[FoldedConv]:
+    """Every FoldedConv the engine uses (stems, preprocessing, edges), each once."""
+    found: dict[int, FoldedConv] = {}
+
+    def visit(obj, depth: int = 0) -> None:  # noqa: ANN001
+        if isinstance(obj, FoldedConv):
+            found.setdefault(id(obj), obj)
+        elif depth < 12 and isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item, depth + 1)
+        elif depth < 12 and isinstance(obj, (_FastCell, _FastEdge, _FastSepConv, _FastFactorizedReduce)):
+            for item in vars(obj).values():
+                visit(item, depth + 1)
+        elif depth < 12 and callable(obj) and getattr(obj, "__closure__", None):
+            for cell in obj.__closure__:
+                visit(cell.cell_contents, depth + 1)
+
+    for value in list(vars(engine).values()):
+        visit(value)
+    return list(found.values())
+
+
 class FastRobNet(nn.Module):
     """Eval-mode fast execution of ``net`` (a :class:`RobNet`), sharing its parameters."""
 
-    def __init__(self, net: RobNet, *, channels_last: bool = True, kernels: str = "torch") -> None:
+    def __init__(self, net: RobNet, *, channels_last: bool = True, kernels: str = "torch",
+                 compile: bool | str | Callable = False) -> None:  # noqa: A002 - the name torch users know
+        """``compile=True`` runs the forward (and so its backward) through ``torch.compile`` (Inductor), which
+        fuses the element-wise work around the convolutions; a string or callable names another
+        ``torch.compile`` backend (tests use ``'eager'``). The folded BatchNorm parameters are refreshed
+        eagerly before each call and updated in place, so weight changes never trigger recompilation."""
         super().__init__()
         if not isinstance(net, RobNet):
             raise TypeError(f"FastRobNet needs a RobNet, got {type(net).__name__}")
@@ -157,6 +186,26 @@ class FastRobNet(nn.Module):
             self._stem1 = FoldedConv(net.stem1[1], net.stem1[2])
         else:
             self._stem = FoldedConv(net.stem[0], net.stem[1])
+        self._folded = _find_folded(self)
+        for folded in self._folded:
+            # in place: captured CUDA graphs and compiled graphs keep reading the same tensors (see refresh)
+            folded.refresh_in_place = True
+        self.compiled = compile is not False and compile is not None
+        self._compiled_forward = None
+        if self.compiled:
+            if kernels == "triton":
+                raise ValueError("compile=True fuses the PyTorch kernels; it does not combine with kernels='triton'")
+            # fullgraph: a graph break would silently split the fused regions, so fail loudly instead
+            backend = "inductor" if compile is True else compile
+            self._compiled_forward = torch.compile(self._forward_impl, backend=backend, dynamic=False,
+                                                   fullgraph=True)
+
+    def refresh(self) -> None:
+        """Re-derive every folded conv whose source weights or BatchNorm statistics changed, in place (the
+        tensors keep their identity). Code that replays a captured CUDA graph calls this first, because a
+        replay runs no Python and would otherwise read the folded parameters as they were at capture."""
+        for folded in self._folded:
+            folded.parameters()
 
     @property
     def genotype(self):  # noqa: ANN201
@@ -170,6 +219,13 @@ class FastRobNet(nn.Module):
         net = self.source
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"RobNet expects a float NCHW batch with 3 channels, got shape {tuple(x.shape)}")
+        if self._compiled_forward is not None:
+            self.refresh()  # eagerly; the compiled graph reads the refreshed cache
+            return self._compiled_forward(x)
+        return self._forward_impl(x)
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.source
         x = net.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

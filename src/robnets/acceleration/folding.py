@@ -27,13 +27,19 @@ def fold_parameters(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: slice | None 
     return weight, shift
 
 
+def _same_layout(old: torch.Tensor | None, new: torch.Tensor) -> bool:
+    return (old is not None and old.shape == new.shape and old.dtype == new.dtype and old.device == new.device
+            and old.stride() == new.stride())
+
+
 class FoldedConv:
     """A conv (+ folded BN) whose folded parameters are cached until a source tensor changes."""
 
-    __slots__ = ("conv", "bn", "channels", "_key", "_weight", "_bias")
+    __slots__ = ("conv", "bn", "channels", "refresh_in_place", "_key", "_weight", "_bias")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, channels: slice | None = None) -> None:
         self.conv, self.bn, self.channels = conv, bn, channels
+        self.refresh_in_place = False  # FastRobNet sets it: graphs it captured or compiled read these tensors
         self._key: tuple | None = None
         self._weight: torch.Tensor | None = None
         self._bias: torch.Tensor | None = None
@@ -53,12 +59,27 @@ class FoldedConv:
         key = tuple((id(t), t._version, t.device, t.dtype) for t in sources)
         if key != self._key:
             with torch.no_grad():
-                self._weight, self._bias = fold_parameters(self.conv, self.bn, self.channels)
+                weight, bias = fold_parameters(self.conv, self.bn, self.channels)
+                if self.refresh_in_place and _same_layout(self._weight, weight) and _same_layout(self._bias, bias):
+                    # refreshed in place: the tensors keep their identity, so a torch.compile'd graph that
+                    # read them stays valid (no recompilation when training changes the weights); a backward
+                    # through an older forward then fails loudly (autograd's version check), never silently
+                    self._weight.copy_(weight)
+                    self._bias.copy_(bias)
+                else:
+                    self._weight, self._bias = weight, bias
             self._key = key
         return self._weight, self._bias
 
+    def cached(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The folded (weight, bias) as last refreshed, without checking the sources (compiled regions call
+        this after :meth:`parameters` ran eagerly for the same call)."""
+        if self.bn is None or self._weight is None:
+            return self.parameters()
+        return self._weight, self._bias
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.parameters()
+        weight, bias = self.cached() if torch.compiler.is_compiling() else self.parameters()
         conv = self.conv
         return torch.nn.functional.conv2d(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight,
                                           None if bias is None else bias.to(x.dtype), conv.stride,

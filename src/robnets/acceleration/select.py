@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 from torch import nn
@@ -40,8 +41,21 @@ def cuda_graphs_enabled(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and os.environ.get("ROBNETS_CUDA_GRAPHS", "1").strip() != "0"
 
 
+def compile_from_environment() -> bool:
+    """``ROBNETS_COMPILE=1``: run the fast path through ``torch.compile`` (opt-in, see :func:`accelerate`)."""
+    value = os.environ.get("ROBNETS_COMPILE", "0").strip().lower()
+    if value not in ("0", "1", "", "false", "true"):
+        raise RobnetsError(f"ROBNETS_COMPILE must be 0 or 1, got {value!r}")
+    return value in ("1", "true")
+
+
+# One compiled engine per source model and settings: torch.compile caches per engine, so creating a fresh
+# engine for every evaluation would recompile each time (minutes) and soon hit its recompilation limit.
+_COMPILED_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def accelerate(model: nn.Module, device: torch.device | str | None = None, *, kernels: str = "auto",
-               channels_last: bool = True) -> tuple[nn.Module, str]:
+               channels_last: bool = True, compile: bool | None = None) -> tuple[nn.Module, str]:  # noqa: A002
     """Return (model to run, description). RobNets get a :class:`FastRobNet`; other models run as they are.
 
     ``kernels='auto'`` uses PyTorch's kernels (cuDNN on CUDA). The fused Triton kernels are opt-in
@@ -49,6 +63,10 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
     as accurate as cuDNN, but compiling them for robnet_free's shapes took minutes and a 500-image PGD-20
     evaluation with them (compilation included) ran at 21 images/s against 165 with cuDNN, their steady-state
     speed unmeasured (results/gpu-h200-2026-11-26.md); so they are not chosen automatically.
+
+    ``compile=True`` (or ``ROBNETS_COMPILE=1``) runs the fast path through ``torch.compile`` to fuse its
+    element-wise work; opt-in because compiling robnet_free takes minutes (169 s on 2 CPU cores, where the
+    compiled attack step was only 1.06x faster; unmeasured on a GPU). One compiled engine is kept per model.
     """
     if not isinstance(model, RobNet):
         return model, f"plain ({type(model).__name__}: no fast path, running as is)"
@@ -58,9 +76,21 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
     device = torch.device(device)
     if kernels == "auto":
         kernels = kernels_from_environment() or "torch"
+    if compile is None:
+        compile = compile_from_environment()
+    if compile and kernels == "triton":
+        raise RobnetsError("ROBNETS_COMPILE=1 compiles the PyTorch kernels and does not combine with Triton "
+                           "kernels; unset one of ROBNETS_COMPILE and ROBNETS_FAST_KERNELS=triton")
     if kernels == "triton" and not triton_usable(device):
         raise RobnetsError(f"Triton kernels were asked for but cannot run on {device} (they need Triton and a CUDA "
                            "GPU); unset ROBNETS_FAST_KERNELS or use kernels='torch'")
-    fast = FastRobNet(model, channels_last=channels_last, kernels=kernels).train(model.training)
     layout = "channels-last" if channels_last else "NCHW"
-    return fast, f"fast (zero edges skipped, BatchNorm folded, shared ReLUs, {layout}, {kernels} kernels)"
+    description = f"fast (zero edges skipped, BatchNorm folded, shared ReLUs, {layout}, {kernels} kernels"
+    if compile:
+        engines = _COMPILED_ENGINES.setdefault(model, {})
+        fast = engines.get(channels_last)
+        if fast is None:
+            fast = engines[channels_last] = FastRobNet(model, channels_last=channels_last, compile=True)
+        return fast.train(model.training), description + ", torch.compile)"
+    fast = FastRobNet(model, channels_last=channels_last, kernels=kernels).train(model.training)
+    return fast, description + ")"
