@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import robnets
 from robnets.acceleration import FastRobNet, accelerate, triton_usable
+from robnets.acceleration.folding import randomize_batchnorm
 from robnets.attacks import PGD
 from robnets.models.checkpoint import load_model
 
@@ -30,17 +31,6 @@ def _logits_and_input_grad(model, x, y):
 
 def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
-
-
-def _random_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -73,7 +63,7 @@ def test_fast_path_is_exact_up_to_rounding(channels_last):
     """In float64 every difference is rounding: the transformation itself is exact."""
     torch.manual_seed(0)
     model = robnets.create_model("robnet_free", C=8).double()  # all four edge kinds, 36 absent edges
-    _random_bn(model)
+    randomize_batchnorm(model)
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(4, 3, 32, 32, generator=g).double(), torch.randint(0, 10, (4,), generator=g)
     plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
@@ -85,7 +75,7 @@ def test_fast_path_is_exact_up_to_rounding(channels_last):
 def test_fast_path_on_random_inputs_in_fp32():
     torch.manual_seed(0)
     model = robnets.create_model("robnet_large_v1", C=8, layers=6)
-    _random_bn(model)
+    randomize_batchnorm(model)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
     fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model), x, y)
@@ -108,7 +98,7 @@ def test_fast_path_follows_weight_and_statistics_changes():
 def test_attack_on_the_fast_path_gives_the_plain_result():
     torch.manual_seed(0)
     model = robnets.create_model("robnet_large_v1", C=8, layers=3)
-    _random_bn(model)
+    randomize_batchnorm(model)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     plain = PGD(model.set_reference_mode(True), steps=3, seed=0)(x, y)
     fast = PGD(FastRobNet(model), steps=3, seed=0)(x, y)
@@ -187,7 +177,7 @@ def test_cuda_fast_path_matches_plain(kernels):
         models = [("robnet_free", {}), ("robnet_large_v1", {"C": 16, "layers": 8})]
         for name, kwargs in models[1:] if kernels == "triton" else models:  # Triton: fewer shapes to compile
             model = robnets.create_model(name, **kwargs)
-            _random_bn(model)
+            randomize_batchnorm(model)
             model = model.cuda().eval().double()
             x = torch.rand(16, 3, 32, 32, device="cuda", dtype=torch.float64)
             y = torch.randint(0, 10, (16,), device="cuda")
@@ -239,7 +229,7 @@ def test_folded_parameters_follow_weight_changes_in_place():
     their identity (captured CUDA graphs and compiled graphs read them by address)."""
     torch.manual_seed(0)
     model = robnets.create_model("robnet_large_v1", C=4, layers=3).eval()
-    _random_bn(model)
+    randomize_batchnorm(model)
     engine = FastRobNet(model)
     x = torch.rand(2, 3, 32, 32)
     engine(x)
@@ -266,7 +256,7 @@ def test_compiled_engine_equals_eager_and_never_recompiles_for_new_weights():
 
     torch.manual_seed(0)
     model = robnets.create_model("robnet_large_v1", C=4, layers=3).eval()
-    _random_bn(model)
+    randomize_batchnorm(model)
     compiled, eager = FastRobNet(model, compile=counting_backend), FastRobNet(model)
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
     for _ in range(2):

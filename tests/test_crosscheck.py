@@ -44,8 +44,8 @@ def robust_cnn():
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    torch.set_num_threads(threads)  # one thread made the training reproducible; the attacks may use all
     yield model, x, y
-    torch.set_num_threads(threads)
 
 
 def _accuracy(model, x, y):

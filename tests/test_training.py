@@ -26,7 +26,8 @@ from robnets.training.trainer import Trainer
 from .conftest import REPO
 
 TINY = ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.batch_size=16", "train.val_size=32",
-        "train.lr=0.05", "train.scale_lr=false", "train.device=cpu", "train.val_attack_steps=2", "seed=3"]
+        "train.lr=0.05", "train.scale_lr=false", "train.device=cpu", "train.val_attack_steps=2", "seed=3",
+        "train.co_probe_size=32"]
 
 
 @pytest.fixture
@@ -141,11 +142,12 @@ def _train(overrides, data_dir, out, resume=None):
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_cifar, tmp_path):
-    common = ["train.method=fgsm_rs", "train.epochs=2", "train.ema_decay=0.9", "data.cutout=true"]
+    common = ["train.method=fgsm_rs", "train.epochs=2", "train.ema_decay=0.9", "data.cutout=true",
+              "train.train_size=160"]  # 128 training images: 8 steps per epoch
     full = _train(common, tiny_cifar, tmp_path / "full")
     assert full.completed and full.epoch == 2
-    part = _train(common + ["train.max_steps=11"], tiny_cifar, tmp_path / "part")  # stops mid-epoch 1
-    assert not part.completed and (part.epoch, part.step) == (0, 11)
+    part = _train(common + ["train.max_steps=5"], tiny_cifar, tmp_path / "part")  # stops mid-epoch 1
+    assert not part.completed and (part.epoch, part.step) == (0, 5)
     assert not (tmp_path / "part" / "final.safetensors").exists()
     resumed = _train(["train.max_steps=null"], tiny_cifar, tmp_path / "part", resume=tmp_path / "part")
     assert resumed.completed
@@ -302,3 +304,26 @@ def test_slurm_script_launches_one_task_per_gpu(tmp_path):
                     "--set", "train.epochs=5"]
     usage = subprocess.run(["bash", "scripts/slurm_train.sh"], cwd=REPO, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_catastrophic_overfitting_is_detected_and_stops_the_run(tiny_cifar, tmp_path, monkeypatch):
+    """Single-step training watches PGD-10 accuracy on a fixed training batch; a collapse (here simulated:
+    40 % -> 45 % -> 10 %) is flagged in the metrics with a clear warning, and train.stop_on_co ends the run
+    with the weights from before the collapse kept as best.safetensors."""
+    accuracies = iter([40.0, 45.0, 10.0, 10.0])
+    seen_sizes = []
+
+    def fake_probe(self, model, x, y):
+        seen_sizes.append(len(x))
+        return next(accuracies)
+
+    monkeypatch.setattr(Trainer, "_probe_batch_accuracy", fake_probe)
+    result = _train(["train.method=fgsm_rs", "train.epochs=4", "train.train_size=96", "train.stop_on_co=true"],
+                    tiny_cifar, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["probe_pgd10_acc"] for r in records] == [40.0, 45.0, 10.0]
+    assert [bool(r.get("catastrophic_overfitting")) for r in records] == [False, False, True]
+    assert seen_sizes == [32, 32, 32]  # train.co_probe_size
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "WARNING catastrophic overfitting: PGD-10 accuracy on a training batch fell from 45.0% to 10.0%" in log
+    assert "stopping: catastrophic overfitting" in log and result.epoch == 3

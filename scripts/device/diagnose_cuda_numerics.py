@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import robnets
 from robnets.acceleration import FastRobNet
+from robnets.acceleration.folding import randomize_batchnorm
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -37,17 +38,6 @@ def _logits_grad(model, x, y):
     logits = model(x)
     (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
     return logits.detach(), grad
-
-
-def _random_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
 
 
 @contextlib.contextmanager
@@ -94,7 +84,7 @@ def main() -> int:
         for name, kwargs in [("robnet_large_v1", {"C": 16, "layers": 8}), ("robnet_free", {"C": 8})]:
             torch.manual_seed(0)
             model = robnets.create_model(name, **kwargs)
-            _random_bn(model)
+            randomize_batchnorm(model)
             model = model.to(device).eval().double()
             x = torch.rand(16, 3, 32, 32, device=device, dtype=torch.float64)
             y = torch.randint(0, 10, (16,), device=device)

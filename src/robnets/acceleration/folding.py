@@ -27,6 +27,21 @@ def fold_parameters(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: slice | None 
     return weight, shift
 
 
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random, non-trivial BatchNorm statistics and affine parameters (in place): a freshly built network has
+    mean 0, variance 1, weight 1, bias 0, for which folding is the identity and checks of it prove nothing."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return model
+
+
 def _same_layout(old: torch.Tensor | None, new: torch.Tensor) -> bool:
     return (old is not None and old.shape == new.shape and old.dtype == new.dtype and old.device == new.device
             and old.stride() == new.stride())

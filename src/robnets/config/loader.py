@@ -123,7 +123,7 @@ def validate(config: Config) -> Config:
         model_info(config.model.name)
     except RobnetsError as exc:
         raise ConfigError(f"model.name: {exc}") from None
-    for dotted in ("attack.eps", "attack.step_size", "data.batch_size", "train.epochs"):
+    for dotted in ("attack.eps", "attack.step_size", "data.batch_size", "train.epochs", "train.co_probe_size"):
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
         if not value >= 0:  # also refuses NaN

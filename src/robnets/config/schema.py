@@ -86,6 +86,7 @@ class TrainConfig:
     val_every: int = 1
     val_attack_steps: int = 10
     co_drop: float = 0.2  # PGD accuracy drop (absolute, on a training batch) flagged as catastrophic overfitting
+    co_probe_size: int = 256  # training images of that probe (PGD-10 after each epoch); 0 turns it off
     stop_on_co: bool = False
     checkpoint_every_steps: int = 0  # 0: resume checkpoints at epoch ends (and on interruption)
     max_steps: int | None = None  # stop (with a resume checkpoint) after this many steps of this process

@@ -254,7 +254,8 @@ class Trainer:
                 raise RobnetsError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
             writer = SummaryWriter(str(self.folder / "tensorboard"))
 
-        probe = train.batch(0, min(len(train), 256)) if t.method in SINGLE_STEP else None
+        probe_size = min(len(train), t.co_probe_size)
+        probe = train.batch(0, probe_size) if t.method in SINGLE_STEP and probe_size > 0 else None
         self.log(f"training {c.model.name} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
                  f"{c.data.dataset} ({len(train)} images, {len(val) if val else 0} held out) with {t.method}, "
                  f"eps {c.attack.eps:.5f}, global batch {self.global_batch} over {ctx.world_size} process(es), "
