@@ -216,7 +216,6 @@ class FastRobNet(nn.Module):
         return self.source.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.source
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"RobNet expects a float NCHW batch with 3 channels, got shape {tuple(x.shape)}")
         if self._compiled_forward is not None:
