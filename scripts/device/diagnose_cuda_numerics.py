@@ -22,22 +22,12 @@ import contextlib
 import json
 
 import torch
-import torch.nn.functional as F
 
 import robnets
 from robnets.acceleration import FastRobNet
 from robnets.acceleration.folding import randomize_batchnorm
 
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def _logits_grad(model, x, y):
-    x = x.clone().requires_grad_(True)
-    logits = model(x)
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
-    return logits.detach(), grad
+from preflight import _logits_grad, _rel  # this folder is on sys.path when a script here runs
 
 
 @contextlib.contextmanager
