@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .folding import FoldedConv
+from .numerics import observe_relu_input
 
 try:  # Triton is an optional dependency
     import triton
@@ -313,4 +314,6 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
         for t in (dw_weight, pw_weight, bias):
             if t is not None and t.device != x.device:
                 raise ValueError(f"weights on {t.device}, input on {x.device}")
+    if relu:
+        observe_relu_input(x)  # lets numerics.compare_with_float64 see the ReLU applied inside the kernel
     return _SepHalfFunction.apply(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu))
