@@ -8,12 +8,12 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 {
 echo "== torch.compile (ROBNETS_COMPILE=1)"
-timeout 240 python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --iters 3 \
+timeout ${COMPILE_T:-240} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --iters 3 \
   --workloads pgd20,train_pgd7 --out "$OUT" 2>&1 | tail -6
 echo "== Triton kernels (ROBNETS_FAST_KERNELS=triton)"
-ROBNETS_FAST_KERNELS=triton timeout 240 python3 benchmarks/throughput.py --device cuda --models robnet_free \
+ROBNETS_FAST_KERNELS=triton timeout ${TRITON_T:-240} python3 benchmarks/throughput.py --device cuda --models robnet_free \
   --iters 3 --workloads pgd20 --out "$OUT" 2>&1 | tail -5
 echo "== largest batch"
-timeout 90 python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 1 --workloads forward \
+timeout ${BATCH_T:-90} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 1 --workloads forward \
   --max-batch --out "$OUT" 2>&1 | tail -3
 } 2>&1 | tee "$OUT/speed_next.log"
