@@ -233,6 +233,32 @@ def test_hyperplane_projection_is_the_minimal_norm_point_in_the_box():
     assert torch.equal(project_onto_hyperplane_in_box(p, w, b, "L2"), torch.full((1, 3), 0.5))
 
 
+def test_newton_breakpoint_solver_equals_the_sort_based_one():
+    """FAB's projection finds its step length by Newton's method (a few passes over each row instead of a
+    sort); it must give the sort-based solution, including rows that cannot reach the hyperplane, rows already
+    on it, zero weights, and rows whose solution lies past most breakpoints."""
+    from robnets.attacks.autoattack.fab import _solve_newton, _solve_sorted
+
+    g = torch.Generator().manual_seed(1)
+    n, d = 64, 3072
+    aw = torch.rand(n, d, generator=g) * (torch.rand(n, d, generator=g) > 0.1)      # some zero weights
+    cap = torch.rand(n, d, generator=g) * (aw > 0)
+    total = (aw * cap).sum(1)
+    need = total * torch.rand(n, generator=g) ** 0.25                                # far past most breakpoints
+    need[:4] = 0.0                                                                   # already on the hyperplane
+    need[4:8] = total[4:8] * 1.5                                                     # unreachable
+    for k, unit_k in (((aw > 0).float(), True), (aw, False)):                       # L∞ and L2
+        t_newton, t_sorted = _solve_newton(aw, k, cap, need, unit_k=unit_k), _solve_sorted(aw, k, cap, need)
+        assert t_newton is not None
+        assert (t_newton[:4] == 0).all() and (t_newton[4:8] == 1e30).all()
+        assert torch.allclose(t_newton[8:], t_sorted[8:], rtol=1e-4, atol=0)  # near saturation: ill-conditioned
+        step_newton, step_sorted = torch.minimum(t_newton[:, None] * k, cap), torch.minimum(t_sorted[:, None] * k, cap)
+        assert torch.allclose(step_newton, step_sorted, rtol=1e-4, atol=1e-6)
+        assert torch.equal(step_newton[4:8], cap[4:8])                              # every coordinate to the edge
+        assert torch.allclose((aw * step_newton).sum(1)[8:], need[8:], rtol=1e-4)
+    assert _solve_newton(aw, aw, cap, need, max_iter=1) is None                     # not settled: the caller sorts
+
+
 # ---------------------------------------------------------------------------------------------- strength
 def test_apgd_ce_is_at_least_as_strong_as_pgd_with_the_same_iterations(trained):
     model, x, y = trained

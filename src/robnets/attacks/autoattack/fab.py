@@ -30,11 +30,61 @@ from ._rng import SampleRandom
 _BIG = 1e30
 
 
+def _solve_sorted(aw: torch.Tensor, k: torch.Tensor, cap: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
+    """Smallest t >= 0 with Σ_i aw_i min(t k_i, cap_i) = need per row, by sorting the breakpoints cap_i / k_i
+    (exact, O(D log D)); _BIG where no t reaches ``need``, 0 where ``need`` is 0."""
+    breaks = torch.where(k > 0, cap / k.clamp_min(1e-30), _BIG).clamp(max=_BIG)
+    ts, order = breaks.sort(dim=1)
+    aws, ks, caps = aw.gather(1, order), k.gather(1, order), cap.gather(1, order)
+    saturated = torch.cumsum(aws * caps, dim=1)                 # Σ over breakpoints <= t_j of aw cap
+    slope_total = (aw * k).sum(1, keepdim=True)
+    rest = (slope_total - torch.cumsum(aws * ks, dim=1)).clamp_min(0.0)
+    progress = saturated + ts * rest
+    m = (progress < need[:, None]).sum(1)                       # breakpoints below the solution
+    feasible = m < aw.shape[1]
+    prev = (m - 1).clamp_min(0)[:, None]
+    sat_prev = torch.where(m > 0, saturated.gather(1, prev).squeeze(1), 0.0)
+    rest_prev = torch.where(m > 0, rest.gather(1, prev).squeeze(1), slope_total.squeeze(1))
+    t = (need - sat_prev) / rest_prev.clamp_min(1e-30)
+    return torch.where(feasible & (need > 0), t, torch.where(need > 0, _BIG, 0.0))
+
+
+def _solve_newton(aw: torch.Tensor, k: torch.Tensor, cap: torch.Tensor, need: torch.Tensor,
+                  max_iter: int = 50, unit_k: bool = False) -> torch.Tensor | None:
+    """The same t by Newton's method from t = 0 on the concave, piecewise-linear progress function: each step
+    lands where the current piece reaches ``need``, never past the solution, and once the set of unsaturated
+    coordinates stops changing the step is the exact solution. FAB's problems take 4-5 steps (a few passes over
+    the row instead of a sort: 2-3x faster on CPU). None if it has not settled after ``max_iter`` steps.
+    ``unit_k``: every k_i is 0 or 1 (L∞), so t is compared with the caps directly."""
+    # per coordinate: slope contribution, saturated progress, 1 (to count): one batched product per step sums
+    # all three over the unsaturated coordinates
+    columns = torch.stack([aw * k, aw * cap, torch.ones_like(aw)], dim=2)
+    total = columns[:, :, 1].sum(1)
+    feasible = total >= need
+    t = torch.zeros_like(need)
+    count = None
+    for _ in range(max_iter):
+        active = (cap > t[:, None]) if unit_k else (t[:, None] * k < cap)   # coordinates not yet saturated
+        slope, active_progress, active_count = torch.bmm(active.to(aw.dtype)[:, None, :], columns)[:, 0].unbind(1)
+        done = total - active_progress
+        t_next = torch.maximum((need - done) / slope.clamp_min(1e-30), t)
+        settled = count is not None and torch.equal(active_count, count)
+        t, count = t_next, active_count
+        if settled:
+            return torch.where(feasible & (need > 0), t, torch.where(need > 0, _BIG, 0.0))
+    return None
+
+
 def project_onto_hyperplane_in_box(p: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
     """Minimal-norm d with <w, p + d> = b and 0 <= p + d <= 1 (rows are independent problems).
 
     p, w: (N, D); b: (N,). When the box does not reach the hyperplane, d is the point of the box that gets
     closest to it (every coordinate pushed to the box boundary in the helpful direction).
+
+    Every coordinate moves in the helpful direction, d_i = sign(w_i) min(t k_i, cap_i) with the room ``cap_i``
+    to the box: L∞ moves all coordinates by the same t (k_i = 1), L2 in proportion to |w_i| (k_i = |w_i|);
+    the smallest t that reaches the hyperplane is found by Newton's method (exact; a sort of the breakpoints
+    is the fallback).
     """
     p, w = p.float(), w.float()
     r = b.float() - (w * p).sum(1)                     # needed change of <w, .>
@@ -44,40 +94,11 @@ def project_onto_hyperplane_in_box(p: torch.Tensor, w: torch.Tensor, b: torch.Te
     direction = torch.sign(w)
     aw = w.abs()
     cap = torch.where(w > 0, 1.0 - p, p) * (aw > 0)   # room to move in the helpful direction
-    if norm == "Linf":
-        # progress(δ) = Σ aw_i min(δ, cap_i): piecewise linear with breakpoints cap_i
-        caps, order = cap.sort(dim=1)
-        aws = aw.gather(1, order)
-        saturated = torch.cumsum(aws * caps, dim=1)
-        rest = aws.sum(1, keepdim=True) - torch.cumsum(aws, dim=1)
-        progress = saturated + caps * rest
-        m = (progress < need[:, None]).sum(1)           # breakpoints below the solution
-        feasible = m < p.shape[1]
-        prev = (m - 1).clamp_min(0)[:, None]
-        sat_prev = torch.where(m > 0, saturated.gather(1, prev).squeeze(1), 0.0)
-        rest_prev = torch.where(m > 0, rest.gather(1, prev).squeeze(1), aw.sum(1))
-        delta = (need - sat_prev) / rest_prev.clamp_min(1e-30)
-        delta = torch.where(feasible & (need > 0), delta, torch.where(need > 0, _BIG, 0.0))
-        d = direction * torch.minimum(delta[:, None].expand_as(cap), cap)
-    else:
-        # d_i = sign(w_i) min(λ aw_i, cap_i); progress(λ) = Σ aw_i min(λ aw_i, cap_i), breakpoints cap_i/aw_i
-        lam_i = torch.where(aw > 0, cap / aw.clamp_min(1e-30), _BIG).clamp(max=_BIG)
-        lams, order = lam_i.sort(dim=1)
-        aws = aw.gather(1, order)
-        caps = cap.gather(1, order)
-        saturated = torch.cumsum(aws * caps, dim=1)
-        sq_total = (aw * aw).sum(1, keepdim=True)
-        rest = (sq_total - torch.cumsum(aws * aws, dim=1)).clamp_min(0.0)
-        progress = saturated + lams * rest
-        m = (progress < need[:, None]).sum(1)
-        feasible = m < p.shape[1]
-        prev = (m - 1).clamp_min(0)[:, None]
-        sat_prev = torch.where(m > 0, saturated.gather(1, prev).squeeze(1), 0.0)
-        rest_prev = torch.where(m > 0, rest.gather(1, prev).squeeze(1), sq_total.squeeze(1))
-        lam = (need - sat_prev) / rest_prev.clamp_min(1e-30)
-        lam = torch.where(feasible & (need > 0), lam, torch.where(need > 0, _BIG, 0.0))
-        d = direction * torch.minimum(lam[:, None] * aw, cap)
-    return d
+    k = (aw > 0).to(aw.dtype) if norm == "Linf" else aw
+    t = _solve_newton(aw, k, cap, need, unit_k=norm == "Linf")
+    if t is None:
+        t = _solve_sorted(aw, k, cap, need)
+    return direction * torch.minimum(t[:, None] * k, cap)
 
 
 class FAB(SampleSeededAttack):

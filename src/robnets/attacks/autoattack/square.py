@@ -63,6 +63,27 @@ def _window_index(vh: torch.Tensor, vw: torch.Tensor, s: int):
     return n_idx, (vh[:, None] + ar)[:, :, None], (vw[:, None] + ar)[:, None, :]
 
 
+class _QueryDraws:
+    """The uniforms of query ``i`` (stream ``(restart, i + 1)``) for the rows still alive, generated for every
+    row of the run a block of queries at a time: the same numbers as drawing each query on its own, without
+    ~100 tiny tensor operations per query."""
+
+    _ELEMENTS = 1 << 20  # per block
+
+    def __init__(self, rng: SampleRandom, restart: int, count: int, n_queries: int, device: torch.device) -> None:
+        self.rng, self.restart, self.count, self.n_queries, self.device = rng, restart, count, n_queries, device
+        self.length = max(1, min(256, self._ELEMENTS // max(1, len(rng) * count)))
+        self.start = -1
+        self.block: torch.Tensor | None = None
+
+    def __call__(self, i: int, alive: torch.Tensor) -> torch.Tensor:
+        if self.block is None or not self.start <= i < self.start + self.length:
+            self.start = i
+            streams = [(self.restart, j + 1) for j in range(i, min(i + self.length, self.n_queries))]
+            self.block = self.rng.uniform_streams(streams, (self.count,), device=self.device)
+        return self.block[i - self.start][alive]
+
+
 class Square(SampleSeededAttack):
     """Square Attack, untargeted, L∞ or L2.
 
@@ -141,17 +162,23 @@ class Square(SampleSeededAttack):
         margin_best, loss_best = self._margin_and_loss(x_best, y)
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         alive = (margin_best > 0).nonzero().squeeze(1)
+        draws = _QueryDraws(rng, restart, 2 + c, self.n_queries, x.device)
         for i in range(self.n_queries):
             if alive.numel() == 0:
                 break
-            x_a, x_best_a, y_a = x[alive], x_best[alive], y[alive]
+            if alive.numel() == n:  # every row still queried (the common case on a robust model): no gathers
+                x_a, x_best_a, y_a = x, x_best, y
+            else:
+                x_a, x_best_a, y_a = x[alive], x_best[alive], y[alive]
             s = min(max(int(round(math.sqrt(self.p_selection(i) * h * w))), 1), h, w)
-            u = rng.subset(alive).uniform((restart, i + 1), (2 + c,), device=x.device)
+            u = draws(i, alive)
             vh = (u[:, 0] * (h - s + 1)).long().clamp_(max=h - s)
             vw = (u[:, 1] * (w - s + 1)).long().clamp_(max=w - s)
-            signs = torch.where(u[:, 2:] < 0.5, -1.0, 1.0).to(x.dtype)[:, :, None, None]
+            signs = torch.where(u[:, 2:] < 0.5, -1.0, 1.0).to(x.dtype)[:, :, None, None] * eps
             window = _window_mask(vh, vw, s, h, w)
-            x_new = project(torch.where(window, x_best_a + 2 * eps * signs, x_best_a), x_a, eps, "Linf")
+            # inside the window every pixel moves to a corner of the eps-ball (x ± eps, clipped to [0, 1]);
+            # x_best is already inside the ball and the box, so nothing else needs projecting
+            x_new = torch.where(window, (x_a + signs).clamp_(0.0, 1.0), x_best_a)
             alive = self._accept(x_new, y_a, alive, x_best, margin_best, loss_best, queries)
         return x_best, margin_best, queries
 
@@ -175,6 +202,7 @@ class Square(SampleSeededAttack):
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         alive = (margin_best > 0).nonzero().squeeze(1)
         patterns: dict[int, torch.Tensor] = {}
+        draws = _QueryDraws(rng, restart, 5 + c, self.n_queries, x.device)
         for i in range(self.n_queries):
             if alive.numel() == 0:
                 break
@@ -183,7 +211,7 @@ class Square(SampleSeededAttack):
             s = min(s + (s % 2 == 0), h, w)
             if s not in patterns:
                 patterns[s] = bump_pattern(s).to(device=x.device, dtype=x.dtype)
-            u = rng.subset(alive).uniform((restart, i + 1), (5 + c,), device=x.device)
+            u = draws(i, alive)
             vh1, vw1, vh2, vw2 = ((u[:, k] * (size - s + 1)).long().clamp_(max=size - s)
                                   for k, size in enumerate((h, w, h, w)))
             flip = (u[:, 4] < 0.5)[:, None, None, None]
@@ -210,6 +238,15 @@ class Square(SampleSeededAttack):
     def _accept(self, x_new, y_a, alive, x_best, margin_best, loss_best, queries) -> torch.Tensor:
         """Query x_new, keep it where the loss improved or it is misclassified; return who is still alive."""
         m_new, l_new = self._margin_and_loss(x_new, y_a)
+        if alive.numel() == queries.numel():  # every row alive: update in place, no index gathers/scatters
+            queries += 1
+            improved = l_new < loss_best
+            accept = improved | (m_new <= 0)
+            torch.where(improved, l_new, loss_best, out=loss_best)
+            torch.where(accept, m_new, margin_best, out=margin_best)
+            torch.where(accept.view((-1,) + (1,) * (x_new.dim() - 1)), x_new, x_best, out=x_best)
+            still = margin_best > 0
+            return alive if bool(still.all()) else still.nonzero().squeeze(1)
         queries[alive] += 1
         improved = l_new < loss_best[alive]
         loss_best[alive] = torch.where(improved, l_new, loss_best[alive])
