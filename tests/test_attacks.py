@@ -193,6 +193,31 @@ def test_bad_inputs_fail_with_one_clear_line(tiny_robnet):
         PGD(tiny_robnet, steps=2.5)
 
 
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attacks_work_inside_no_grad_and_refuse_inference_mode(tiny_robnet, name):
+    """Evaluation loops often run under torch.no_grad(): the attack turns gradients on for itself (same
+    result as outside); under torch.inference_mode() no gradient can exist, which one clear line says."""
+    x, y = _data(4)
+    expected = ATTACKS[name](tiny_robnet)(x, y)
+    with torch.no_grad():
+        got = ATTACKS[name](tiny_robnet)(x, y)
+    assert torch.equal(got, expected)
+    with torch.inference_mode(), pytest.raises(RobnetsError, match="outside inference_mode"):
+        ATTACKS[name](tiny_robnet)(x, y)
+
+
+def test_autoattack_attacks_work_inside_no_grad(tiny_robnet):
+    from robnets.attacks import APGD
+    from robnets.attacks.autoattack import APGDT, FAB
+
+    x, y = _data(4)
+    for make in (lambda: APGD(tiny_robnet, n_iter=3), lambda: APGDT(tiny_robnet, n_iter=3, n_target_classes=2),
+                 lambda: FAB(tiny_robnet, n_iter=3, targeted=True, n_target_classes=2)):
+        expected = make()(x, y)
+        with torch.no_grad():
+            assert torch.equal(make()(x, y), expected)
+
+
 def test_attack_names():
     assert parse_attack_spec("pgd20") == ("pgd", 20)
     assert parse_attack_spec("PGD-100") == ("pgd", 100)

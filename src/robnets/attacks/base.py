@@ -72,8 +72,12 @@ class Attack:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Return adversarial examples for images ``x`` (labels ``y``; target labels when targeted)."""
         y = check_inputs(x, y)
+        if torch.is_inference_mode_enabled():
+            raise RobnetsError(f"{type(self).__name__} needs input gradients, which torch.inference_mode() forbids: "
+                               "call the attack outside inference_mode (torch.no_grad() is fine)")
         x = x.detach()
-        with eval_mode(self.model):
+        # grad mode on: an attack called inside torch.no_grad() (a usual evaluation loop) still differentiates
+        with eval_mode(self.model), torch.enable_grad():
             x_adv = self.perturb(x, y)
         return x_adv.detach()
 
