@@ -18,6 +18,16 @@ IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    """Start the Triton-interpreter subprocess as soon as tests that need it are collected, so that it runs
+    beside the other tests instead of after them (tests/test_triton_kernels.py)."""
+    for item in items:
+        if "interpreted" in getattr(item, "fixturenames", ()):
+            item.module.start_interpreter_run()
+            break
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (the project's ../shared reference data), which is absent here")

@@ -143,11 +143,11 @@ def _train(overrides, data_dir, out, resume=None):
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_cifar, tmp_path):
     common = ["train.method=fgsm_rs", "train.epochs=2", "train.ema_decay=0.9", "data.cutout=true",
-              "train.train_size=160"]  # 128 training images: 8 steps per epoch
+              "train.train_size=96"]  # 64 training images: 4 steps per epoch
     full = _train(common, tiny_cifar, tmp_path / "full")
     assert full.completed and full.epoch == 2
-    part = _train(common + ["train.max_steps=5"], tiny_cifar, tmp_path / "part")  # stops mid-epoch 1
-    assert not part.completed and (part.epoch, part.step) == (0, 5)
+    part = _train(common + ["train.max_steps=3"], tiny_cifar, tmp_path / "part")  # stops mid-epoch 1
+    assert not part.completed and (part.epoch, part.step) == (0, 3)
     assert not (tmp_path / "part" / "final.safetensors").exists()
     resumed = _train(["train.max_steps=null"], tiny_cifar, tmp_path / "part", resume=tmp_path / "part")
     assert resumed.completed

@@ -8,6 +8,7 @@ tiny because the interpreter is slow. A CUDA test compares the compiled kernels 
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -185,7 +186,7 @@ def _run_misc():
 def _interpreter_main():
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("run with TRITON_INTERPRET=1")
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)  # runs beside the rest of the suite (interpretation is single-threaded anyway)
     results = {"cases": {}, "errors": {}}
     for name, spec in ALL_CASES.items():
         try:
@@ -202,18 +203,36 @@ def _interpreter_main():
 
 # ----------------------------------------------------------------------------------------- the pytest side
 
+_BACKGROUND: subprocess.Popen | None = None
+
+
+def start_interpreter_run() -> None:
+    """Start the interpreter subprocess (one thread) without waiting: conftest calls this when the collected
+    tests need it, so its ~20 s of single-core interpretation overlap the rest of the suite."""
+    global _BACKGROUND
+    if _BACKGROUND is not None or not _HAS_TRITON:
+        return
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    _BACKGROUND = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--interpret"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    atexit.register(lambda proc=_BACKGROUND: proc.poll() is None and proc.kill())
+
+
 @pytest.fixture(scope="module")
 def interpreted():
     if not _HAS_TRITON:
         pytest.skip(_NO_TRITON)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--interpret"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT_MARK)]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"interpreter run failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    start_interpreter_run()
+    try:
+        stdout, stderr = _BACKGROUND.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        _BACKGROUND.kill()
+        pytest.fail("the Triton interpreter run took more than 600 s")
+    lines = [line for line in stdout.splitlines() if line.startswith(_RESULT_MARK)]
+    if _BACKGROUND.returncode != 0 or not lines:
+        pytest.fail(f"interpreter run failed (rc={_BACKGROUND.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}")
     return json.loads(lines[-1][len(_RESULT_MARK):])
 
 
