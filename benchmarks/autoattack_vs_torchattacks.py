@@ -17,38 +17,14 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from robnets.attacks import APGD, PGD
+from robnets.attacks import APGD
 from robnets.attacks.autoattack import APGDT, FAB, Square
 from robnets.data import load_sample
+from robnets.evaluation.crosscheck import tiny_robust_cnn
 from robnets.models.checkpoint import load_model
 
 EPS = 8 / 255
-
-
-def tiny_robust_cnn(x: torch.Tensor, y: torch.Tensor) -> nn.Module:
-    """The cross-check model of tests/test_crosscheck.py (FGSM-RS, then PGD-3 training, 30 epochs)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    g = torch.Generator().manual_seed(0)
-    for epoch in range(30):
-        perm = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), 50):
-            idx = perm[i:i + 50]
-            attack = PGD(model, eps=EPS, alpha=1.25 * EPS if epoch < 15 else EPS / 2,
-                         steps=1 if epoch < 15 else 3, seed=epoch * 100 + i)
-            x_adv = attack(x[idx], y[idx])
-            model.train()
-            loss = F.cross_entropy(model(x_adv), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from robnets.attacks import PGD
 from robnets.attacks.autoattack import (APGD, APGDT, FAB, AutoAttack, Square, project_onto_hyperplane_in_box)
 from robnets.attacks.autoattack._rng import SampleRandom
 from robnets.data import load_sample
+from robnets.evaluation.crosscheck import tiny_cnn
 from robnets.errors import RobnetsError
 
 EPS = 2 / 255
@@ -42,23 +43,8 @@ def _tiny_cnn() -> nn.Module:
 def trained():
     """(model, x, y): the CNN trained for 20 quick epochs on the first 400 sample images."""
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     x, y = load_sample().batch(0, 400)
-    model = _tiny_cnn()
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        perm = torch.randperm(400, generator=g)
-        for i in range(0, 400, 50):
-            idx = perm[i:i + 50]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.grad = None
+    model = tiny_cnn(x, y, width=8, epochs=20, lr=3e-3, adversarial=False)
     with torch.no_grad():
         accuracy = (model(x).argmax(1) == y).float().mean().item()
     assert 0.5 < accuracy < 0.95, accuracy  # non-trivial: something to attack, something misclassified

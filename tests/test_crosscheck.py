@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from robnets.attacks import APGD, PGD, AutoAttack
 from robnets.data import load_sample
+from robnets.evaluation.crosscheck import tiny_robust_cnn
 
 torchattacks = pytest.importorskip("torchattacks", reason="torchattacks (optional test dependency) is not installed")
 
@@ -22,28 +21,8 @@ def robust_cnn():
     """A tiny CNN adversarially trained (FGSM with random start, then PGD-3) on 400 real CIFAR-10 images."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     x, y = load_sample().batch(0, 400)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(32 * 8 * 8, 10))
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    g = torch.Generator().manual_seed(0)
-    for epoch in range(30):
-        perm = torch.randperm(400, generator=g)
-        for i in range(0, 400, 50):
-            idx = perm[i:i + 50]
-            attack = PGD(model, eps=EPS, alpha=1.25 * EPS if epoch < 15 else EPS / 2, steps=1 if epoch < 15 else 3,
-                         seed=epoch * 100 + i)
-            x_adv = attack(x[idx], y[idx])
-            model.train()
-            loss = F.cross_entropy(model(x_adv), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = tiny_robust_cnn(x, y, eps=EPS)
     torch.set_num_threads(threads)  # one thread made the training reproducible; the attacks may use all
     yield model, x, y
 
