@@ -177,14 +177,17 @@ def test_original_main_py_eval_only(tmp_path, reference_dir, cifar10_dir):
     assert [r["attack"] for r in json.loads(runs[0].read_text())["results"]] == ["clean", "pgd2"]
 
 
-def test_original_main_py_explains_what_is_missing(tmp_path):
-    proc = _run("main.py", "--config", "./experiments/RobNet_free_cifar10/config.py", "--eval_only")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+def test_original_main_py_explains_what_is_missing(monkeypatch, capsys):
+    """main.py's entry point in-process (a subprocess run of main.py is in test_original_main_py_eval_only)."""
+    from robnets.cli import original_main
+
+    monkeypatch.chdir(REPO)
+    assert original_main(["--config", "./experiments/RobNet_free_cifar10/config.py", "--eval_only"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "robnets: error: ./experiments/RobNet_free_cifar10/config.py sets no resume_path for the eval_only "
         "mode; pass --checkpoint PATH"]
-    proc = _run("main.py", "--config", "./experiments/RobNet_large_cifar10/config.py", "--eval_only")
-    assert proc.returncode == 2 and "original RobNets download link is dead" in proc.stderr
+    assert original_main(["--config", "./experiments/RobNet_large_cifar10/config.py", "--eval_only"]) == 2
+    assert "original RobNets download link is dead" in capsys.readouterr().err
 
 
 TINY_EVAL = ["--model", "robnet_large_v1", "--set", "model.C=4", "--set", "model.layers=3", "--untrained",

@@ -224,7 +224,7 @@ def test_ddp_with_eval_mode_fast_attacks_runs(tiny_cifar, tmp_path):
     assert len((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
 
 
-def test_original_main_py_trains(tiny_cifar, tmp_path):
+def test_original_main_py_trains(tiny_cifar, tmp_path, capsys):
     config = tmp_path / "config.py"
     config.write_text(f"""
 model = 'robnet_large_v1'
@@ -237,11 +237,12 @@ train_param = dict(learning_rate=1.2, learning_rate_min=0.001, momentum=0.9, wei
                    no_wd=True, warm_up_param=dict(warm_up_base_lr=0.02, warm_up_epochs=1))
 attack_param = {{'attack': True, 'epsilon': 8 / 255., 'num_steps': 20, 'step_size': 2 / 255., 'random_start': True}}
 """)
-    proc = subprocess.run([sys.executable, "main.py", "--config", str(config), "--set", "train.attack_steps=1",
-                           "--set", "train.train_size=64", "--set", "train.val_size=32", "--set", "train.device=cpu",
-                           "--set", "train.val_attack_steps=1"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # main.py's entry point in-process (tests/test_cli.py runs main.py itself as a subprocess)
+    from robnets.cli import original_main
+
+    code = original_main(["--config", str(config), "--set", "train.attack_steps=1", "--set", "train.train_size=64",
+                          "--set", "train.val_size=32", "--set", "train.device=cpu", "--set", "train.val_attack_steps=1"])
+    assert code == 0, capsys.readouterr().err[-3000:]
     runs = list((tmp_path / "log").glob("train-*"))
     assert len(runs) == 1
     records = [json.loads(l) for l in (runs[0] / "metrics.jsonl").read_text().splitlines()]  # noqa: E741
