@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import robnets
 from robnets.acceleration import FastRobNet, accelerate, triton_usable
 from robnets.acceleration.folding import randomize_batchnorm
-from robnets.acceleration.numerics import compare_with_float64
+from robnets.acceleration.numerics import compare_with_float64, logits_and_input_grad
 from robnets.attacks import PGD
 from robnets.models.checkpoint import load_model
 
@@ -23,13 +23,6 @@ FIXTURES = {
     "robnet_large_v1_C8_L8_ddp_trainstate": "robnet_large_v1",
     "robnet_large_v1_imagenet_C8_L5": "robnet_large_v1",
 }
-
-
-def _logits_and_input_grad(model, x, y):
-    x = x.clone().requires_grad_(True)
-    logits = model(x)
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
-    return logits.detach(), grad
 
 
 def _rel(a, b):
@@ -110,8 +103,8 @@ def test_fast_path_is_exact_up_to_rounding(channels_last):
     randomize_batchnorm(model)
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(4, 3, 32, 32, generator=g).double(), torch.randint(0, 10, (4,), generator=g)
-    plain_logits, plain_grad = _logits_and_input_grad(model.set_reference_mode(True), x, y)
-    fast_logits, fast_grad = _logits_and_input_grad(FastRobNet(model, channels_last=channels_last), x, y)
+    plain_logits, plain_grad = logits_and_input_grad(model.set_reference_mode(True), x, y)
+    fast_logits, fast_grad = logits_and_input_grad(FastRobNet(model, channels_last=channels_last), x, y)
     assert _rel(fast_logits, plain_logits) <= 1e-12
     assert _rel(fast_grad, plain_grad) <= 1e-10
 
@@ -286,8 +279,8 @@ def test_compiled_engine_equals_eager_and_never_recompiles_for_new_weights():
     compiled, eager = FastRobNet(model, compile=counting_backend), FastRobNet(model)
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
     for _ in range(2):
-        c_logits, c_grad = _logits_and_input_grad(compiled, x, y)
-        e_logits, e_grad = _logits_and_input_grad(eager, x, y)
+        c_logits, c_grad = logits_and_input_grad(compiled, x, y)
+        e_logits, e_grad = logits_and_input_grad(eager, x, y)
         assert torch.equal(c_logits, e_logits) and torch.equal(c_grad, e_grad)
         _perturb_weights(model)
     assert len(graphs) == 1
@@ -325,8 +318,8 @@ def test_inductor_compiled_engine_matches_eager():
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        c_logits, c_grad = _logits_and_input_grad(FastRobNet(model, compile=True), x, y)
-        e_logits, e_grad = _logits_and_input_grad(FastRobNet(model), x, y)
+        c_logits, c_grad = logits_and_input_grad(FastRobNet(model, compile=True), x, y)
+        e_logits, e_grad = logits_and_input_grad(FastRobNet(model), x, y)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     assert _rel(c_logits, e_logits) <= 1e-5 and _rel(c_grad, e_grad) <= 1e-4

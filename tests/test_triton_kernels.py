@@ -154,11 +154,11 @@ def _run_fast_robnet():
     # (the kernels report the ReLU they apply inside), with float64
     import copy
 
-    from robnets.acceleration.numerics import _logits_and_input_grad, compare_with_float64
+    from robnets.acceleration.numerics import logits_and_input_grad, compare_with_float64
 
     agreement = compare_with_float64(FastRobNet(model, kernels="triton"), FastRobNet(copy.deepcopy(model).double()),
                                      x, y)
-    ref_logits, ref_grad = _logits_and_input_grad(FastRobNet(model, kernels="torch"), x, y)
+    ref_logits, ref_grad = logits_and_input_grad(FastRobNet(model, kernels="torch"), x, y)
     return {"shape_ok": agreement.logits.shape == ref_logits.shape, "dtype_ok": True, "channels_last": True,
             "out_err": _rel(agreement.logits, ref_logits), "grad_err": _rel(agreement.grad, ref_grad),
             "float64": agreement.as_dict()}

@@ -14,11 +14,10 @@ import time
 import traceback
 
 import torch
-import torch.nn.functional as F
 
 import robnets
 from robnets.acceleration import FastRobNet, triton_usable
-from robnets.acceleration.numerics import compare_with_float64
+from robnets.acceleration.numerics import compare_with_float64, logits_and_input_grad
 from robnets.attacks import PGD
 from robnets.runtime import autocast_context
 from robnets.training.methods import MethodSettings, make_inputs, training_loss
@@ -26,13 +25,6 @@ from robnets.training.methods import MethodSettings, make_inputs, training_loss
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def _logits_grad(model, x, y):
-    x = x.clone().requires_grad_(True)
-    logits = model(x)
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
-    return logits.detach(), grad
 
 
 def _sync(device: torch.device) -> None:
@@ -46,7 +38,7 @@ def _time_step(engine, x, y, iters: int = 10) -> float:
     for i in range(iters + 3):
         _sync(x.device)
         start = time.perf_counter()
-        _logits_grad(engine, x, y)
+        logits_and_input_grad(engine, x, y)
         _sync(x.device)
         if i >= 3:
             times.append(time.perf_counter() - start)

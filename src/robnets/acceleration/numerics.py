@@ -104,11 +104,14 @@ def _observing(observer: _Observer) -> Iterator[_Observer]:
         _ACTIVE, F.relu = None, original
 
 
-def _logits_and_input_grad(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_and_input_grad(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, gradient of the summed cross-entropy w.r.t. x), the quantities an attack step uses. The loss
+    runs in the logits' precision, at least fp32 (a float64 reference stays float64)."""
     x = x.detach().clone().requires_grad_(True)
     logits = model(x)
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x)
+    loss_logits = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    (grad,) = torch.autograd.grad(F.cross_entropy(loss_logits, y, reduction="sum"), x)
     return logits.detach(), grad
 
 
@@ -146,16 +149,16 @@ def compare_with_float64(model: Callable[[torch.Tensor], torch.Tensor],
     PyTorch kernels) on ``x`` in float64; both must apply the same ReLUs in the same order. Cross-entropy
     (sum) input gradients with labels ``y``."""
     with _observing(_Observer("record")) as recorded:
-        logits, grad = _logits_and_input_grad(model, x, y)
+        logits, grad = logits_and_input_grad(model, x, y)
     x64 = x.detach().double()
     with _observing(_Observer("compare", recorded.pattern)) as compared:
-        logits64, grad64 = _logits_and_input_grad(model64, x64, y)
+        logits64, grad64 = logits_and_input_grad(model64, x64, y)
     if compared.index != len(recorded.pattern):
         raise RuntimeError(f"the float64 execution applied {compared.index} ReLUs, the recorded one "
                            f"{len(recorded.pattern)}: compare an execution path only with itself")
     if compared.flipped:
         with _observing(_Observer("replay", recorded.pattern)):
-            _, grad64_same = _logits_and_input_grad(model64, x64, y)
+            _, grad64_same = logits_and_input_grad(model64, x64, y)
     else:  # the same pattern already: the float64 run above is the same-pattern reference
         grad64_same = grad64
     return Float64Agreement(
