@@ -334,9 +334,12 @@ def test_cuda_graph_attack_follows_weight_changes():
     engine = FastRobNet(model)
     x, y = torch.rand(8, 3, 32, 32, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
     graphed = PGD(engine, steps=3, seed=0, cuda_graphs=True)
-    graphed(x, y)
+    before = graphed(x, y)
     _perturb_weights(model)
-    assert (graphed(x, y) != PGD(engine, steps=3, seed=0)(x, y)).float().mean() <= 1e-3
+    graphed.set_seed(0)  # the same random start as the fresh eager attack below (seeded streams advance per call)
+    after = graphed(x, y)
+    assert (after != PGD(engine, steps=3, seed=0)(x, y)).float().mean() <= 1e-3
+    assert (after != before).float().mean() >= 0.05  # the new weights changed the attack: a stale replay fails
 
 
 def test_float64_comparison_refuses_a_different_execution_path():

@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", default=None)
     parser.add_argument("--variants", default="default,nchw,deterministic,no_cudnn")
+    parser.add_argument("--no-triton", action="store_true", help="skip the Triton kernels (they compile for minutes)")
     args = parser.parse_args()
     device = torch.device(args.device)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -56,7 +57,7 @@ def main() -> int:
     report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
                     "conv_fp32_precision": getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)}
-    triton = device.type == "cuda" and triton_usable(device)
+    triton = device.type == "cuda" and not args.no_triton and triton_usable(device)
     try:
         for name, kwargs in [("robnet_large_v1", {"C": 16, "layers": 8}), ("robnet_free", {"C": 8})]:
             torch.manual_seed(0)
