@@ -355,3 +355,30 @@ def test_float64_comparison_refuses_a_different_execution_path():
     agreement = compare_with_float64(model, copy.deepcopy(model).double(), x, y)
     assert agreement.relu_units > 0 and set(agreement.as_dict()) == {
         "logits_rel", "grad_rel", "grad_rel_same_pattern", "flipped_units", "relu_units", "max_flip_margin"}
+
+
+def test_attack_step_traffic_counts_the_bytes_of_a_separable_conv():
+    """Depthwise 3x3 -> 1x1 -> flatten -> linear on a (2, 4, 6, 6) input: the convolution traffic and the part a
+    fused separable conv saves (the depthwise output written and read back, and its gradient) by hand."""
+    from robnets.acceleration.traffic import attack_step_traffic, pgd_bound_images_per_s
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+                                torch.nn.Conv2d(4, 8, 1, bias=False), torch.nn.Flatten(), torch.nn.Linear(288, 3))
+    x, y = torch.rand(2, 4, 6, 6), torch.tensor([0, 2])
+    f = 4  # bytes per fp32 value
+    act_in, act_mid, act_out = 2 * 4 * 36 * f, 2 * 4 * 36 * f, 2 * 8 * 36 * f
+    w_dw, w_pw = 4 * 9 * f, 8 * 4 * f
+    forward_convs = (act_in + w_dw + act_mid) + (act_mid + w_pw + act_out)
+    # backward, input gradients only: 1x1 reads grad_out, weight (and not its input) and writes grad_mid;
+    # the depthwise reads grad_mid, weight and writes grad_in (the network input needs its gradient)
+    backward_convs = (act_out + w_pw + act_mid) + (act_mid + w_dw + act_in)
+    step = attack_step_traffic(model, x, y)
+    assert step.calls["convolution"] == 2 and step.calls["convolution_backward"] == 2
+    assert step.convolutions == forward_convs + backward_convs
+    assert step.fused_separable == step.convolutions - 2 * act_mid - 2 * act_mid
+    assert step.op_by_op > step.convolutions  # the linear layer, the loss and their backward move bytes too
+    forward = attack_step_traffic(model, x, y, backward=False)
+    assert forward.convolutions == forward_convs and "convolution_backward" not in forward.calls
+    bound = pgd_bound_images_per_s(step, forward, 20, 1e12, "convolutions")
+    assert bound == pytest.approx(1e12 / ((20 * step.convolutions + forward.convolutions) / 2))

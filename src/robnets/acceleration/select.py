@@ -59,14 +59,15 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
     """Return (model to run, description). RobNets get a :class:`FastRobNet`; other models run as they are.
 
     ``kernels='auto'`` uses PyTorch's kernels (cuDNN on CUDA). The fused Triton kernels are opt-in
-    (``kernels='triton'`` or ``ROBNETS_FAST_KERNELS=triton``): on an H200 (torch 2.11, Triton 3.6) they were
-    as accurate as cuDNN, but compiling them for robnet_free's shapes took minutes and a 500-image PGD-20
-    evaluation with them (compilation included) ran at 21 images/s against 165 with cuDNN, their steady-state
-    speed unmeasured (results/gpu-h200-2026-11-26.md); so they are not chosen automatically.
+    (``kernels='triton'`` or ``ROBNETS_FAST_KERNELS=triton``): on an H200 (torch 2.11, Triton 3.6) they are as
+    accurate as cuDNN but 15-25x slower in steady state (PGD-20 23 images/s against 165;
+    results/gpu-h200-2026-11-26-issue3.md), so they are never chosen automatically.
 
     ``compile=True`` (or ``ROBNETS_COMPILE=1``) runs the fast path through ``torch.compile`` to fuse its
-    element-wise work; opt-in because compiling robnet_free takes minutes (169 s on 2 CPU cores, where the
-    compiled attack step was only 1.06x faster; unmeasured on a GPU). One compiled engine is kept per model.
+    element-wise work: PGD-20 1.46x faster than the eager fast path on an H200 (241 against 165 images/s,
+    fp32), after 1-2 minutes of compilation per model and batch shape (about 3 on 2 CPU cores, where it gains
+    only 1.06x). Opt-in because the compilation outweighs the gain on short runs. One compiled engine is kept
+    per model.
     """
     if not isinstance(model, RobNet):
         return model, f"plain ({type(model).__name__}: no fast path, running as is)"
