@@ -169,6 +169,28 @@ def test_evaluation_uses_the_fast_path_by_default_with_the_same_accuracy(tmp_pat
     assert clean_fast == clean_plain and abs(pgd_fast - pgd_plain) <= 1
 
 
+def test_eval_compile_asks_for_the_compiled_fast_path(tmp_path, monkeypatch):
+    """eval.compile=true (a config field, saved with the run) compiles the fast path; compiling itself is
+    covered by the engine tests (the 'eager' backend here, Inductor on CUDA), so the run stops right there."""
+    from robnets.config import load_config
+    from robnets.evaluation import pipeline
+
+    asked = []
+
+    def recording_accelerate(model, device=None, **kwargs):
+        asked.append(kwargs.get("compile"))
+        raise KeyboardInterrupt  # stop before any attack runs
+
+    monkeypatch.setattr(pipeline, "accelerate", recording_accelerate)
+    for flag, expected in (("true", True), ("false", None)):  # None: ROBNETS_COMPILE decides
+        config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3",
+                                    "data.dataset=cifar10-sample", "eval.device=cpu", f"eval.compile={flag}"])
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_evaluation(config, untrained=True, output_dir=tmp_path / flag, progress=False,
+                                    log=lambda m: None)
+        assert asked[-1] is expected
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_pgd_equals_eager_pgd():
     torch.manual_seed(0)

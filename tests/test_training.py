@@ -54,6 +54,26 @@ def test_original_schedule_values():
     assert learning_rate(170, lr=1.2, lr_min=0.001, epochs=150, warmup_epochs=20) == pytest.approx(0.001)
 
 
+def test_train_compile_compiles_only_the_training_attack_engine():
+    """train.compile=true: the engine crafting training attacks (one batch shape) is compiled; validation and
+    the overfitting probe (other shapes) use an uncompiled one; settings that bypass the engine are refused."""
+    from robnets.errors import ConfigError
+
+    config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.compile=true",
+                                "train.device=cpu"])
+    trainer = Trainer(config, output_dir="/nonexistent-not-created")
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    assert trainer._engine(model, training_attacks=True).compiled  # compiles lazily, at its first call
+    assert not trainer._engine(model).compiled
+    config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.device=cpu"])
+    assert not Trainer(config, output_dir="/nonexistent-not-created")._engine(model, training_attacks=True).compiled
+    for bypass in ("train.attack_train_mode=true", "train.fast_attack=false"):
+        with pytest.raises(ConfigError, match="train.compile=true compiles the fast attack engine"):
+            load_config(None, ["train.compile=true", bypass])
+    with pytest.raises(ConfigError, match="eval.compile=true compiles the fast path"):
+        load_config(None, ["eval.compile=true", "eval.execution=plain"])
+
+
 def test_learning_rates_scale_with_the_global_batch():
     config = load_config(REPO / "experiments/RobNet_free_cifar10/config.py")
     trainer = Trainer(config, output_dir="/nonexistent-not-created")

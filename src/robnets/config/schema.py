@@ -74,6 +74,7 @@ class TrainConfig:
     trades_beta: float = 6.0
     attack_train_mode: bool = False  # True: attack with BatchNorm in train mode, like the original
     fast_attack: bool = True  # craft training attacks with the fast (eval-mode) engine
+    compile: bool = False  # torch.compile that engine (CUDA: 1.3x faster PGD-7 steps, after 1-2 min compiling)
     batch_size: int | None = None  # per process and micro-batch; default data.batch_size
     accumulate: int = 1  # micro-batches per optimizer step (one GPU emulating a larger global batch)
     reference_batch_size: int = 1536  # the batch the rates above were tuned for (linear scaling)
@@ -112,6 +113,7 @@ class EvalConfig:
     device: str = "auto"
     attack_seed: int = 0
     execution: str = "fast"  # 'fast' (FastRobNet where it applies) or 'plain' (the original's execution)
+    compile: bool = False  # torch.compile the fast path (CUDA: 1.46x faster PGD, after 1-2 min compiling)
     sanity: str = "quick"  # off | quick | full: checks written into every result
     sanity_n: int = 64  # examples the sanity checks use
     autoattack_version: str = "standard"  # standard | plus | rand

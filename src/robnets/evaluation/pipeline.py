@@ -145,7 +145,7 @@ def run_evaluation(
                            f"model.imagenet_stem={str(info.image_size == 224).lower()}")
 
     if config.eval.execution == "fast":
-        engine, execution = accelerate(model, device)
+        engine, execution = accelerate(model, device, compile=True if config.eval.compile else None)
     else:
         if isinstance(model, RobNet):
             model.set_reference_mode(True)
@@ -162,7 +162,8 @@ def run_evaluation(
         from .suites import TransferAttack
 
         source = load_model(config.eval.transfer_checkpoint, config.eval.transfer_model).to(device).eval()
-        source_engine = accelerate(source, device)[0] if config.eval.execution == "fast" else source
+        source_engine = (accelerate(source, device, compile=True if config.eval.compile else None)[0]
+                         if config.eval.execution == "fast" else source)
         source_attacks = attack_set(config, source_engine)
         attacks = {f"transfer:{k}": (TransferAttack(engine, a) if a is not None else None)
                    for k, a in source_attacks.items()}

@@ -160,12 +160,15 @@ class Trainer:
         return learning_rate(position, lr=self.base_lr, lr_min=self.lr_min, epochs=t.epochs,
                              warmup_epochs=t.warmup_epochs, warmup_lr=self.warmup_lr)
 
-    def _engine(self, model: nn.Module) -> nn.Module:
-        """The model attacks run on: the fast eval engine where it applies."""
+    def _engine(self, model: nn.Module, *, training_attacks: bool = False) -> nn.Module:
+        """The model attacks run on: the fast eval engine where it applies. ``train.compile`` (or
+        ROBNETS_COMPILE=1) compiles the one that crafts the training attacks (fixed batch shape); validation
+        and the overfitting probe (other shapes, few calls) never compile."""
         if self.config.train.fast_attack and not self.settings.attack_train_mode and isinstance(model, RobNet):
             from ..acceleration import accelerate
 
-            return accelerate(model, self.device)[0]
+            compile = (True if self.config.train.compile else None) if training_attacks else False  # noqa: A001
+            return accelerate(model, self.device, compile=compile)[0]
         return model
 
     def _validate(self, model: nn.Module, val: ImageArrayDataset) -> dict[str, float]:
@@ -260,7 +263,8 @@ class Trainer:
                  f"{c.data.dataset} ({len(train)} images, {len(val) if val else 0} held out) with {t.method}, "
                  f"eps {c.attack.eps:.5f}, global batch {self.global_batch} over {ctx.world_size} process(es), "
                  f"lr {self.base_lr:.5g}{' (scaled to the batch)' if t.scale_lr else ''}, {self.total_epochs} epochs, {self.device}, {t.precision}")
-        engine = self._engine(model)  # follows the weights as they change (folded parameters re-derived)
+        # follows the weights as they change (folded parameters re-derived, in place when compiled)
+        engine = self._engine(model, training_attacks=True)
         steps_done = 0
         interrupted = False
         with _StopFlag() as stop:
