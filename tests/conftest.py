@@ -15,17 +15,30 @@ REFERENCE = SHARED / "reference"
 CIFAR10_NPZ = SHARED / "data" / "cifar10"
 IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+THREADS = min(2, os.cpu_count() or 1)
+torch.set_num_threads(THREADS)
+_BACKGROUND_MODULE = None  # tests/test_triton_kernels.py once its interpreter subprocess started
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001
     """Start the Triton-interpreter subprocess as soon as tests that need it are collected, so that it runs
     beside the other tests instead of after them (tests/test_triton_kernels.py)."""
+    global _BACKGROUND_MODULE
     for item in items:
         if "interpreted" in getattr(item, "fixturenames", ()):
             item.module.start_interpreter_run()
+            _BACKGROUND_MODULE = item.module
             break
+
+
+def pytest_runtest_setup(item):  # noqa: ARG001
+    """While the interpreter subprocess keeps one core busy, tests get one thread fewer: oversubscribed
+    OpenMP threads spin-wait, and the first tests ran 2-3x slower beside it. Changed between tests only."""
+    busy = _BACKGROUND_MODULE is not None and _BACKGROUND_MODULE.interpreter_running()
+    threads = max(1, THREADS - 1) if busy else THREADS
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _need(path: Path) -> Path:

@@ -220,6 +220,11 @@ def start_interpreter_run() -> None:
     atexit.register(lambda proc=_BACKGROUND: proc.poll() is None and proc.kill())
 
 
+def interpreter_running() -> bool:
+    """True while the background interpreter subprocess is still working (conftest lends it a core)."""
+    return _BACKGROUND is not None and _BACKGROUND.poll() is None
+
+
 @pytest.fixture(scope="module")
 def interpreted():
     if not _HAS_TRITON:
