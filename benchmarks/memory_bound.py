@@ -4,8 +4,8 @@ For the plain path (the original execution) and the fast path, in fp32 and bf16 
 every operator reads and writes in one attack step (forward + input gradient) and one scoring forward
 (``robnets.acceleration.traffic``), then divides a GPU's memory bandwidth by the bytes of a PGD-20
 evaluation for three execution strategies: op by op (eager), convolutions only (every element-wise
-operator fused away), fused separable convs (the depthwise result kept on chip). Runs on CPU in seconds
-(traffic does not depend on the device; batch 2, scaled per image).
+operator fused away), fused separable convs (the depthwise result kept on chip). Runs on CPU (about 25 s
+per model on 2 cores; traffic does not depend on the device; batch 2, scaled per image).
 
     python benchmarks/memory_bound.py --models robnet_free,robnet_large_v1 --bandwidth-tbs 4.3,3.0
 

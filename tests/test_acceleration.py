@@ -177,15 +177,18 @@ def test_eval_compile_asks_for_the_compiled_fast_path(tmp_path, monkeypatch):
 
     asked = []
 
+    class Stop(BaseException):
+        """Ends the run right after the engine is chosen (before any attack)."""
+
     def recording_accelerate(model, device=None, **kwargs):
         asked.append(kwargs.get("compile"))
-        raise KeyboardInterrupt  # stop before any attack runs
+        raise Stop
 
     monkeypatch.setattr(pipeline, "accelerate", recording_accelerate)
     for flag, expected in (("true", True), ("false", None)):  # None: ROBNETS_COMPILE decides
         config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3",
                                     "data.dataset=cifar10-sample", "eval.device=cpu", f"eval.compile={flag}"])
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Stop):
             pipeline.run_evaluation(config, untrained=True, output_dir=tmp_path / flag, progress=False,
                                     log=lambda m: None)
         assert asked[-1] is expected

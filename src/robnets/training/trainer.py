@@ -167,8 +167,9 @@ class Trainer:
         if self.config.train.fast_attack and not self.settings.attack_train_mode and isinstance(model, RobNet):
             from ..acceleration import accelerate
 
-            compile = (True if self.config.train.compile else None) if training_attacks else False  # noqa: A001
-            return accelerate(model, self.device, compile=compile)[0]
+            # None: ROBNETS_COMPILE decides; False: never (validation, probe)
+            compiled = (True if self.config.train.compile else None) if training_attacks else False
+            return accelerate(model, self.device, compile=compiled)[0]
         return model
 
     def _validate(self, model: nn.Module, val: ImageArrayDataset) -> dict[str, float]:
