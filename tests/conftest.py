@@ -15,7 +15,10 @@ REFERENCE = SHARED / "reference"
 CIFAR10_NPZ = SHARED / "data" / "cifar10"
 IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample"
 
-THREADS = min(2, os.cpu_count() or 1)
+# Under pytest-xdist (scripts/test.sh runs ``-n 2``) each worker gets its share of the cores: small CPU models
+# gain little from a second OpenMP thread, so two single-threaded workers finish the suite sooner.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
 torch.set_num_threads(THREADS)
 _BACKGROUND_MODULE = None  # tests/test_triton_kernels.py once its interpreter subprocess started
 
@@ -25,6 +28,8 @@ def pytest_collection_modifyitems(config, items):  # noqa: ARG001
     """Start the Triton-interpreter subprocess as soon as tests that need it are collected, so that it runs
     beside the other tests instead of after them (tests/test_triton_kernels.py)."""
     global _BACKGROUND_MODULE
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # every worker collects every test: the one that runs them starts the subprocess (its fixture)
     for item in items:
         if "interpreted" in getattr(item, "fixturenames", ()):
             item.module.start_interpreter_run()
