@@ -38,8 +38,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="profile one fast PGD step of robnet_free")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--compile", action="store_true",
-                        help="run the fast path through torch.compile (ROBNETS_COMPILE=1; compile time is in the "
-                             "untimed warm-up: minutes for robnet_free)")
+                        help="run the fast path (attack engine and the training step's weight update) through "
+                             "torch.compile (ROBNETS_COMPILE=1; compile time is in the untimed warm-up: minutes "
+                             "for robnet_free)")
     parser.add_argument("--out", default="results", help="folder for the result files")
     args = parser.parse_args()
 

@@ -20,6 +20,10 @@ IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample"
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
 torch.set_num_threads(THREADS)
+if _WORKERS > 1:
+    # Subprocesses the tests start (CLI runs, torchrun ranks) too: beside a busy worker, a second OpenMP thread
+    # spin-waits for a core and made those runs 4-5x slower.
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 _BACKGROUND_MODULE = None  # tests/test_triton_kernels.py once its interpreter subprocess started
 
 

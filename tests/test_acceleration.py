@@ -350,6 +350,39 @@ def test_inductor_compiled_engine_matches_eager():
     assert _rel(c_logits, e_logits) <= 1e-5 and _rel(c_grad, e_grad) <= 1e-4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("ROBNETS_TEST_INDUCTOR") != "1",
+                    reason="Inductor compiles for minutes on 2 CPU cores: runs on CUDA, or set ROBNETS_TEST_INDUCTOR=1")
+def test_inductor_compiled_training_step_matches_eager():
+    """compile_for_training: one train-mode step (batch statistics, running-statistics update, weight
+    gradients) gives the eager loss, gradients and running statistics. (Over several PGD training steps the
+    two drift apart chaotically: the sign of near-zero input gradients flips with rounding.)"""
+    from robnets.acceleration import compile_for_training
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    eager = robnets.create_model("robnet_large_v1", C=8, layers=3).to(device).train()
+    compiled_source = copy.deepcopy(eager)
+    compiled = compile_for_training(compiled_source)
+    x, y = torch.rand(8, 3, 32, 32, device=device), torch.randint(0, 10, (8,), device=device)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        losses = []
+        for net in (eager, compiled):
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            losses.append(loss.item())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # weight gradients pass through train-mode BatchNorm backwards (batch-wide sums with cancellation) that
+    # Inductor reorders: on CPU the worst, the stem's BN weight, differs by 1.1e-4 of its largest entry
+    worst = max(_rel(q.grad, p.grad) for p, q in zip(eager.parameters(), compiled_source.parameters()))
+    assert worst <= 1e-3, worst
+    for (name, b), c in zip(eager.named_buffers(), compiled_source.buffers()):
+        assert torch.allclose(c.float(), b.float(), rtol=1e-5, atol=1e-6), name  # running stats updated alike
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_attack_follows_weight_changes():
     """A captured PGD graph reused after an optimizer step attacks the new weights (the engine refreshes its
@@ -407,3 +440,28 @@ def test_attack_step_traffic_counts_the_bytes_of_a_separable_conv():
     assert forward.convolutions == forward_convs and "convolution_backward" not in forward.calls
     bound = pgd_bound_images_per_s(step, forward, 20, 1e12, "convolutions")
     assert bound == pytest.approx(1e12 / ((20 * step.convolutions + forward.convolutions) / 2))
+
+
+def test_sep_half_shapes_list_every_separable_conv_half_of_a_forward():
+    """benchmarks/sepconv_kernels.py times what one forward runs: every SepConv (plain or residual) is two
+    halves; robnet_free has 356, the number of fused-kernel calls per attack step in the H200 profile."""
+    from robnets.acceleration.sepconv_bench import SepHalfShape, sep_half_shapes, summary_table, sweep
+    from robnets.models.ops import SepConv
+
+    model = robnets.create_model("robnet_free")
+    halves = 2 * sum(isinstance(m, SepConv) for m in model.modules())
+    shapes = sep_half_shapes("robnet_free", 256)
+    assert sum(s.count for s in shapes) == halves == 356
+    assert all(s.n == 256 for s in shapes) and len(set(shapes)) == len(shapes)
+    assert {s.stride for s in shapes} == {1, 2} and {s.relu for s in shapes} == {True, False}
+    # bytes a fused half must move, by hand: (2, 8, 6, 6) -> stride 2 -> (2, 16, 3, 3)
+    s = SepHalfShape(2, 8, 16, 6, 6, 2, True)
+    assert s.out_hw == (3, 3)
+    assert s.forward_bytes(4) == 4 * 2 * (8 * 36 + 16 * 9)
+    assert s.backward_bytes(2) == 2 * 2 * (16 * 9 + 2 * 8 * 36)  # grad_out read; input read (ReLU) and grad written
+    # the PyTorch path timed on CPU; the summary weights each shape by its count
+    tiny = [SepHalfShape(2, 8, 8, 6, 6, 1, True, count=3), s]
+    timings = sweep(tiny, torch.device("cpu"), iters=2, log=lambda line: None)
+    assert [t.path for t in timings] == ["torch", "torch"] and all(t.forward_us > 0 for t in timings)
+    total_ms = sum(t.shape.count * (t.forward_us + t.backward_us) for t in timings) / 1e3
+    assert f"PyTorch {total_ms:.2f} ms" in summary_table(timings)

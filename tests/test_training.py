@@ -56,7 +56,7 @@ def test_original_schedule_values():
 
 def test_train_compile_compiles_only_the_training_attack_engine():
     """train.compile=true: the engine crafting training attacks (one batch shape) is compiled; validation and
-    the overfitting probe (other shapes) use an uncompiled one; settings that bypass the engine are refused."""
+    the overfitting probe (other shapes) use an uncompiled one (the weight update: the next test)."""
     from robnets.errors import ConfigError
 
     config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.compile=true",
@@ -67,9 +67,10 @@ def test_train_compile_compiles_only_the_training_attack_engine():
     assert not trainer._engine(model).compiled
     config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.device=cpu"])
     assert not Trainer(config, output_dir="/nonexistent-not-created")._engine(model, training_attacks=True).compiled
-    for bypass in ("train.attack_train_mode=true", "train.fast_attack=false"):
-        with pytest.raises(ConfigError, match="train.compile=true compiles the fast attack engine"):
-            load_config(None, ["train.compile=true", bypass])
+    for bypass in ("train.attack_train_mode=true", "train.fast_attack=false"):  # no fast engine to compile
+        config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.compile=true",
+                                    "train.device=cpu", bypass])
+        assert Trainer(config, output_dir="/nonexistent-not-created")._engine(model, training_attacks=True) is model
     with pytest.raises(ConfigError, match="eval.compile=true compiles the fast path"):
         load_config(None, ["eval.compile=true", "eval.execution=plain"])
 
@@ -178,6 +179,39 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_cifar, tmp_p
     drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
     assert [drop(r) for r in lines(tmp_path / "full")] == [drop(r) for r in lines(tmp_path / "part")]
     assert not list((tmp_path / "part").glob("*.tmp"))
+
+
+def test_train_compile_runs_the_weight_update_through_torch_compile(tiny_cifar, tmp_path, monkeypatch):
+    """train.compile=true compiles the weight update's train-mode forward/backward (BatchNorm batch statistics,
+    running-statistics updates, weight gradients) and trains the same weights as eager. Dynamo's eager backend
+    stands in for Inductor (the same graph capture, exact arithmetic, no minutes of C++ builds; Inductor's
+    one-step equivalence: tests/test_acceleration.py); fast_attack=false keeps the attack engine out of it."""
+    from robnets import acceleration
+
+    compiled = []
+
+    real = acceleration.compile_for_training
+
+    def recording(module):
+        compiled.append(module)
+        return real(module, backend="eager")
+
+    monkeypatch.setattr(acceleration, "compile_for_training", recording)
+    common = ["train.method=pgd", "train.attack_steps=1", "train.epochs=1", "train.train_size=80",
+              "train.fast_attack=false", "train.co_probe_size=0"]  # 48 training images: 3 steps
+    eager = _train(common, tiny_cifar, tmp_path / "eager")
+    assert not compiled
+    torch._dynamo.reset()
+    result = _train(common + ["train.compile=true"], tiny_cifar, tmp_path / "compiled")
+    assert result.completed and len(compiled) == 1 and isinstance(compiled[0], robnets.models.RobNet)
+    assert load_config(tmp_path / "compiled" / "config.yaml").train.compile  # saved with the run
+    a = read_checkpoint(tmp_path / "eager" / "final.safetensors").state_dict
+    b = read_checkpoint(tmp_path / "compiled" / "final.safetensors").state_dict
+    assert a.keys() == b.keys()  # the source model's keys, no "_orig_mod." prefix
+    start = robnets.create_model("robnet_large_v1", C=4, layers=3).state_dict()
+    moved = [k for k in a if k.endswith("running_mean") and not torch.equal(b[k], start[k])]
+    assert moved  # BatchNorm running statistics were updated through the compiled graph
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_final_weights_carry_metadata_and_best_is_kept(tiny_cifar, tmp_path):

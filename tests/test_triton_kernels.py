@@ -59,6 +59,12 @@ EXTRA_CASES = {
     "affine-bn": dict(c=12, stride=1, hw=(6, 6), relu=True, layout="channels_last", bn="affine"),
     "conv-bias-no-bn": dict(c=8, stride=2, hw=(7, 7), relu=True, layout="nchw", bn=None, conv_bias=True),
     "no-bias": dict(c=8, stride=1, hw=(6, 6), relu=False, layout="channels_last", bn=None),
+    # other tile sizes and launch settings (benchmarks/sepconv_kernels.py sweeps them): one forward program
+    # covering all 72 output channels with 16-pixel tiles, 32-channel chunks; a backward with 16-channel programs
+    # and 32-channel reduction chunks, pipelined
+    "C72-s2-5x5-relu-configs": dict(c=72, stride=2, hw=(5, 5), relu=True, layout="channels_last", n=1,
+                                    configs=(dict(block_p=16, block_ci=32, block_co=128, num_warps=2),
+                                             dict(block_p=32, block_ci=16, block_co=32, num_stages=2))),
     # bfloat16: fp32 accumulation, bf16 output and gradient
     "bf16-C12-s2-7x7-relu": dict(c=12, stride=2, hw=(7, 7), relu=True, layout="channels_last", dtype="bfloat16"),
     "bf16-C8-s1-8x8-norelu": dict(c=8, stride=1, hw=(8, 8), relu=False, layout="nchw", dtype="bfloat16"),
@@ -135,7 +141,15 @@ def _run_case(spec):
     depthwise, pointwise = _make_half(spec["c"], spec.get("c_out"), spec["stride"], spec.get("bn", "plain"),
                                       spec.get("conv_bias", False), dtype=dtype)
     x = _make_input(spec.get("n", 2), spec["c"], spec["hw"], spec["layout"], dtype=dtype)
-    return _compare(x, depthwise, pointwise, spec["relu"], triton_sep_half)
+    half = triton_sep_half
+    if "configs" in spec:
+        from functools import partial
+
+        from robnets.acceleration.triton_sepconv import KernelConfig
+
+        forward, backward = (KernelConfig(**c) for c in spec["configs"])
+        half = partial(triton_sep_half, forward_config=forward, backward_config=backward)
+    return _compare(x, depthwise, pointwise, spec["relu"], half)
 
 
 def _run_fast_robnet():
@@ -286,6 +300,16 @@ def test_module_imports_without_triton(monkeypatch):
     depthwise, pointwise = _make_half(8)
     with pytest.raises(RuntimeError, match="needs Triton"):
         module.triton_sep_half(torch.randn(1, 8, 4, 4), depthwise, pointwise, True)
+
+
+def test_kernel_configs_are_validated():
+    """Launch settings fail at construction with the field's name, not inside Triton's compiler."""
+    from robnets.acceleration.triton_sepconv import DEFAULT_CONFIG, KernelConfig
+
+    assert DEFAULT_CONFIG.label() == "p64-ci64-co64-w4-s1"
+    for bad in (dict(block_p=48), dict(block_ci=8), dict(block_co=0), dict(num_warps=3), dict(num_stages=0)):
+        with pytest.raises(ValueError, match=f"KernelConfig.{next(iter(bad))}"):
+            KernelConfig(**bad)
 
 
 @pytest.mark.skipif(not _HAS_TRITON, reason=_NO_TRITON)

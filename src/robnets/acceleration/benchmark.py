@@ -9,7 +9,8 @@ Three workloads per model, each timed after warm-up:
 The plain path does what the original implementation does: every op, absent edges multiplied by zero,
 BatchNorm unfused, NCHW, and (for training) the attack run with the model in train mode, as the original
 ``AttackPGD`` did. The fast path runs attacks on :class:`FastRobNet` (eval mode, CUDA graphs on GPU) and the
-weight update on the source model (absent edges skipped, channels-last).
+weight update on the source model (absent edges skipped, channels-last; with ``ROBNETS_COMPILE=1`` both the
+attack engine and the weight update's forward/backward run through ``torch.compile``).
 
 FLOP convention: F = forward FLOPs per image (2 per multiply-add); an input-gradient backward costs F
 (weight gradients are not needed), a training backward 2F. So forward = F, PGD-20 = 41 F, PGD-7 training
@@ -29,7 +30,7 @@ from torch import nn
 from ..attacks import PGD
 from ..models import RobNet, create_model
 from ..models.flops import flops_per_image
-from .select import accelerate, cuda_graphs_enabled
+from .select import accelerate, compile_for_training, compile_from_environment, cuda_graphs_enabled
 
 FLOP_MULTIPLIER = {"forward": 1, "pgd20": 41, "train_pgd7": 17}
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -103,7 +104,10 @@ def _workloads(name: str, path: str, model: nn.Module, device: torch.device, x: 
     else:
         if isinstance(model, RobNet):
             model.set_reference_mode(False)
+        model.to(memory_format=torch.channels_last)  # as the trainer: faster depthwise convs
         engine, _ = accelerate(model, device)
+        # ROBNETS_COMPILE=1 (--compile): the weight update compiled too, as train.compile does in the trainer
+        train_model = compile_for_training(model) if compile_from_environment() else model
         cuda_graphs = cuda_graphs_enabled(device)
         pgd20 = PGD(engine, eps=EPS, alpha=ALPHA, steps=20, precision=precision, cuda_graphs=cuda_graphs)
         pgd7 = PGD(engine, eps=EPS, alpha=ALPHA, steps=7, precision=precision, cuda_graphs=cuda_graphs)
@@ -113,7 +117,7 @@ def _workloads(name: str, path: str, model: nn.Module, device: torch.device, x: 
             x_adv = pgd7(x_cl, y)
             model.train()
             with autocast:
-                loss = F.cross_entropy(model(x_adv), y)
+                loss = F.cross_entropy(train_model(x_adv), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -33,6 +33,7 @@ without ``TRITON_INTERPRET=1``) raises a clear :class:`RuntimeError`.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -50,16 +51,45 @@ except Exception as exc:  # noqa: BLE001 - any failure to import means "no Trito
 else:
     _TRITON_IMPORT_ERROR = None
 
-__all__ = ["triton_available", "triton_sep_half"]
+__all__ = ["DEFAULT_CONFIG", "KernelConfig", "triton_available", "triton_sep_half"]
 
-# Tile sizes. tl.dot needs every dimension >= 16; channel blocks are powers of two (masked past C).
-BLOCK_P = 64  # output pixels per program (forward) / input pixels per program (backward); the dot's M
-MAX_BLOCK_CI = 64  # input channels per chunk of the reduction (K of the forward dot, N of the backward dot)
-MAX_BLOCK_CO = 64  # output channels per program (N of the forward dot, K of the backward dot)
-NUM_WARPS = 4
-# No software pipelining: the 9 tap loads per chunk already fill shared memory (pipelined, a 64x64 fp32
-# tile needed 340 KB, over the 227 KB an H100/H200 block may use).
-NUM_STAGES = 1
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes and launch settings of one kernel. ``tl.dot`` needs every dimension >= 16; all blocks are
+    powers of two (channel blocks shrink to the next power of two of the channel count and mask the rest).
+
+    ``block_p``: pixels per program (forward: output pixels, backward: input pixels), the dot's M.
+    ``block_ci``: input channels per chunk (forward: the reduction, K; backward: channels per program, N).
+    ``block_co``: output channels (forward: per program, N; backward: per chunk of the reduction, K). A forward
+    ``block_co`` covering every output channel computes each depthwise tile once instead of once per block.
+    ``num_stages`` > 1 pipelines the loads (more shared memory: 64 x 64 fp32 tiles with 2 stages did not fit
+    an H100/H200 block's 227 KB).
+    """
+
+    block_p: int = 64
+    block_ci: int = 64
+    block_co: int = 64
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("block_p", "block_ci", "block_co"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"KernelConfig.{name} must be a power of two >= 16 (tl.dot), got {value}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"KernelConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"KernelConfig.num_stages must be at least 1, got {self.num_stages}")
+
+    def label(self) -> str:
+        return f"p{self.block_p}-ci{self.block_ci}-co{self.block_co}-w{self.num_warps}-s{self.num_stages}"
+
+
+# The configuration measured on an H200 (502 / 937 us per forward / backward call at batch 256, far from memory
+# speed); benchmarks/sepconv_kernels.py sweeps the alternatives per layer shape on a GPU.
+DEFAULT_CONFIG = KernelConfig()
 
 
 def _interpreting() -> bool:
@@ -72,7 +102,7 @@ def triton_available() -> bool:
 
 
 def _channel_block(n: int, cap: int) -> int:
-    return max(16, min(cap, triton.next_power_of_2(n)))
+    return max(16, min(cap, 1 << max(0, n - 1).bit_length()))
 
 
 if triton is not None:
@@ -219,57 +249,60 @@ class _SepHalfFunction(torch.autograd.Function):
     """Fused forward; backward returns the gradient w.r.t. the input only (weights are detached views)."""
 
     @staticmethod
-    def forward(ctx, x, dw_weight, pw_weight, bias, stride, pad, dil, relu):  # noqa: ANN001, ANN205
+    def forward(ctx, x, dw_weight, pw_weight, bias, stride, pad, dil, relu, configs):  # noqa: ANN001, ANN205
         n, c, h, w = x.shape
         co = pw_weight.shape[0]
         kh, kw = dw_weight.shape[-2:]
         ho, wo = _out_size(h, kh, stride, pad, dil), _out_size(w, kw, stride, pad, dil)
         y = torch.empty((n, co, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
         ctx.save_for_backward(x, dw_weight, pw_weight)
-        ctx.conf = (stride, pad, dil, relu, ho, wo)
+        ctx.conf = (stride, pad, dil, relu, ho, wo, configs[1])
+        cfg = configs[0]
         p = n * ho * wo
         if p == 0 or co == 0:
             return y
         if c == 0:
             return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
-        block_ci, block_co = _channel_block(c, MAX_BLOCK_CI), _channel_block(co, MAX_BLOCK_CO)
-        grid = (triton.cdiv(p, BLOCK_P), triton.cdiv(co, block_co))
+        block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
+        grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(co, block_co))
         _sep_half_fwd[grid](
             x, dw_weight, pw_weight, bias if bias is not None else pw_weight, y,
             c, h, w, co, ho, wo, p,
             *x.stride(), *y.stride(),
             STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
             RELU=relu, HAS_BIAS=bias is not None, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
         return y
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None, None
+            return (None,) * 9
         x, dw_weight, pw_weight = ctx.saved_tensors
-        stride, pad, dil, relu, ho, wo = ctx.conf
+        stride, pad, dil, relu, ho, wo, cfg = ctx.conf
         n, c, h, w = x.shape
         co = pw_weight.shape[0]
         kh, kw = dw_weight.shape[-2:]
         grad_x = torch.empty((n, c, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
         p = n * h * w
         if p == 0 or c == 0:
-            return grad_x, None, None, None, None, None, None, None
+            return (grad_x,) + (None,) * 8
         if co == 0:
-            return grad_x.zero_(), None, None, None, None, None, None, None
-        block_ci, block_co = _channel_block(c, MAX_BLOCK_CI), _channel_block(co, MAX_BLOCK_CO)
-        grid = (triton.cdiv(p, BLOCK_P), triton.cdiv(c, block_ci))
+            return (grad_x.zero_(),) + (None,) * 8
+        block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
+        grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))
         _sep_half_bwd[grid](
             x, grad_out, dw_weight, pw_weight, grad_x,
             c, h, w, co, ho, wo, p,
             *x.stride(), *grad_out.stride(), *grad_x.stride(),
             STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
             RELU=relu, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=BLOCK_P, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
-        return grad_x, None, None, None, None, None, None, None
+        return (grad_x,) + (None,) * 8
 
 
 def _square(value, name: str) -> int:  # noqa: ANN001
@@ -279,13 +312,20 @@ def _square(value, name: str) -> int:  # noqa: ANN001
     return int(a)
 
 
-def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
+def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool, *,
+                    forward_config: KernelConfig | None = None,
+                    backward_config: KernelConfig | None = None) -> torch.Tensor:
     """(ReLU) -> depthwise KxK -> pointwise 1x1 with folded BN, as one fused Triton kernel (channels-last out).
 
     Same signature and result as :func:`~robnets.acceleration.fast_robnet.torch_sep_half`; differentiable
-    with respect to ``x`` only.
+    with respect to ``x`` only. ``forward_config`` / ``backward_config`` override the tile sizes and launch
+    settings of each kernel (default :data:`DEFAULT_CONFIG`; every configuration computes the same function).
     """
     _require_triton(x)
+    configs = (forward_config or DEFAULT_CONFIG, backward_config or DEFAULT_CONFIG)
+    for cfg in configs:
+        if not isinstance(cfg, KernelConfig):
+            raise TypeError(f"kernel configurations are KernelConfig objects, got {type(cfg).__name__}")
     if x.dim() != 4:
         raise ValueError(f"triton_sep_half expects an NCHW tensor, got shape {tuple(x.shape)}")
     c = x.shape[1]
@@ -316,4 +356,4 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
                 raise ValueError(f"weights on {t.device}, input on {x.device}")
     if relu:
         observe_relu_input(x)  # lets numerics.compare_with_float64 see the ReLU applied inside the kernel
-    return _SepHalfFunction.apply(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu))
+    return _SepHalfFunction.apply(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu), configs)

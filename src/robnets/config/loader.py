@@ -132,9 +132,6 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"data.batch_size must be at least 1, got {config.data.batch_size}")
     if config.eval.compile and config.eval.execution != "fast":
         raise ConfigError("eval.compile=true compiles the fast path; set eval.execution=fast or eval.compile=false")
-    if config.train.compile and (not config.train.fast_attack or config.train.attack_train_mode):
-        raise ConfigError("train.compile=true compiles the fast attack engine, which train.fast_attack=false or "
-                          "train.attack_train_mode=true turn off; set train.compile=false")
     s = config.search
     for key in ("C", "layers", "steps", "batch_size", "num_samples", "eval_size", "fsp_size"):
         if getattr(s, key) < 1:

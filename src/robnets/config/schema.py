@@ -74,7 +74,9 @@ class TrainConfig:
     trades_beta: float = 6.0
     attack_train_mode: bool = False  # True: attack with BatchNorm in train mode, like the original
     fast_attack: bool = True  # craft training attacks with the fast (eval-mode) engine
-    compile: bool = False  # torch.compile that engine (CUDA: 1.3x faster PGD-7 steps, after 1-2 min compiling)
+    # torch.compile that engine (where it applies) and the weight update's forward/backward (CUDA, after a few
+    # minutes of compiling; results/throughput.md)
+    compile: bool = False
     batch_size: int | None = None  # per process and micro-batch; default data.batch_size
     accumulate: int = 1  # micro-batches per optimizer step (one GPU emulating a larger global batch)
     reference_batch_size: int = 1536  # the batch the rates above were tuned for (linear scaling)

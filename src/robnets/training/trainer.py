@@ -163,7 +163,8 @@ class Trainer:
     def _engine(self, model: nn.Module, *, training_attacks: bool = False) -> nn.Module:
         """The model attacks run on: the fast eval engine where it applies. ``train.compile`` (or
         ROBNETS_COMPILE=1) compiles the one that crafts the training attacks (fixed batch shape); validation
-        and the overfitting probe (other shapes, few calls) never compile."""
+        and the overfitting probe (other shapes, few calls) never compile. (``train.compile`` also compiles
+        the weight update's forward and backward: see :meth:`run`.)"""
         if self.config.train.fast_attack and not self.settings.attack_train_mode and isinstance(model, RobNet):
             from ..acceleration import accelerate
 
@@ -250,6 +251,11 @@ class Trainer:
         if ctx.enabled:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        train_net = net  # what the weight update runs: compiled by train.compile (shares model's parameters)
+        if t.compile:
+            from .. import acceleration
+
+            train_net = acceleration.compile_for_training(net)
         writer = None
         if t.tensorboard and ctx.is_main:
             try:
@@ -290,7 +296,7 @@ class Trainer:
                         model.train()
                         sync = contextlib.nullcontext() if (m == len(micro) - 1 or not ctx.enabled) else net.no_sync()
                         with sync:
-                            loss, logits = training_loss(net, xm, x_in, ym, self.settings)
+                            loss, logits = training_loss(train_net, xm, x_in, ym, self.settings)
                             (loss / len(micro)).backward()
                         sums[0] += loss.item() * ym.shape[0]
                         sums[1] += (logits.argmax(1) == ym).sum().item()

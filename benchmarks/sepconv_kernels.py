@@ -1,0 +1,101 @@
+"""Separable-conv halves of a RobNet, one shape at a time: PyTorch's kernels against Triton kernel configs.
+
+Lists the distinct separable-conv-half shapes of one forward (with counts) and times, for each, the forward
+and the input-gradient backward of PyTorch's kernels (cuDNN on CUDA) and of the fused Triton kernels under
+each tiling in ``--configs``, with the GB/s each reaches against the bytes a fused kernel must move. The
+summary weights each shape by its count: the separable-conv time of one attack step per implementation.
+Triton runs on CUDA only (the CPU interpreter is for correctness, not speed); on CPU only PyTorch is timed.
+
+    python benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 --dtype bf16 \\
+        --configs sweep --json /tmp/out/sepconv.json
+
+``--configs``: ``none``, ``default`` (the library's), ``sweep`` (a dozen tilings: pixel tiles 32-128, all
+output channels in one forward program, 2-8 warps, 1-3 stages) or a comma list of labels such as
+``p64-ci64-co64-w4-s1``. ``--shapes N`` keeps the N most frequent shapes (compilation costs ~1 s per shape
+and config on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from robnets.acceleration.sepconv_bench import sep_half_shapes, summary_table, sweep
+
+SWEEP = ("p64-ci64-co64-w4-s1", "p32-ci64-co64-w4-s1", "p128-ci32-co64-w8-s1", "p32-ci32-co128-w4-s1",
+         "p32-ci32-co256-w8-s1", "p64-ci32-co128-w8-s1", "p64-ci32-co64-w4-s2", "p64-ci16-co64-w4-s3",
+         "p128-ci16-co128-w8-s2", "p32-ci16-co64-w2-s2", "p16-ci64-co64-w2-s1", "p64-ci64-co128-w8-s1")
+LABEL = re.compile(r"^p(\d+)-ci(\d+)-co(\d+)-w(\d+)-s(\d+)$")
+
+
+def parse_configs(text: str) -> list:
+    from robnets.acceleration.triton_sepconv import DEFAULT_CONFIG, KernelConfig
+
+    if text == "none":
+        return []
+    if text == "default":
+        return [DEFAULT_CONFIG]
+    labels = SWEEP if text == "sweep" else [t.strip() for t in text.split(",") if t.strip()]
+    configs = []
+    for label in labels:
+        match = LABEL.match(label)
+        if match is None:
+            raise SystemExit(f"error: --configs entry {label!r} is not a label like p64-ci64-co64-w4-s1 "
+                             "(or use none, default, sweep)")
+        p, ci, co, w, s = (int(v) for v in match.groups())
+        try:
+            configs.append(KernelConfig(block_p=p, block_ci=ci, block_co=co, num_warps=w, num_stages=s))
+        except ValueError as exc:
+            raise SystemExit(f"error: --configs entry {label!r}: {exc}") from None
+    return configs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="robnet_free")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--configs", default="default", help="none | default | sweep | label,label,...")
+    parser.add_argument("--shapes", type=int, default=0, help="keep the N most frequent shapes (0: all)")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--json", default=None, help="write every timing here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible; use --device cpu")
+    configs = parse_configs(args.configs)
+    if configs and device.type != "cuda":
+        print("note: Triton kernels are timed on CUDA only; timing PyTorch's kernels alone", file=sys.stderr)
+        configs = []
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    shapes = sep_half_shapes(args.model, args.batch)
+    if args.shapes:
+        shapes = shapes[: args.shapes]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{args.model}, batch {args.batch}, {args.dtype}, {name}, torch {torch.__version__}: "
+          f"{len(shapes)} shapes, {sum(s.count for s in shapes)} separable-conv halves per forward", flush=True)
+    timings = sweep(shapes, device, dtype, configs, iters=args.iters,
+                    log=lambda line: print(line, flush=True))
+    table = summary_table(timings)
+    print()
+    print(table)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"model": args.model, "batch_size": args.batch, "dtype": args.dtype, "device": name,
+                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+        path.write_text(json.dumps({"meta": meta, "timings": [t.to_dict() for t in timings]}, indent=1))
+        path.with_suffix(".md").write_text(table + "\n")
+        print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
