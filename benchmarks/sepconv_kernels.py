@@ -65,6 +65,8 @@ def main() -> int:
     parser.add_argument("--configs", default="default", help="none | default | sweep | label,label,...")
     parser.add_argument("--shapes", type=int, default=0, help="keep the N most frequent shapes (0: all)")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new timing after this many seconds; the table shows what was measured")
     parser.add_argument("--json", default=None, help="write every timing here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -82,7 +84,7 @@ def main() -> int:
     print(f"{args.model}, batch {args.batch}, {args.dtype}, {name}, torch {torch.__version__}: "
           f"{len(shapes)} shapes, {sum(s.count for s in shapes)} separable-conv halves per forward", flush=True)
     timings = sweep(shapes, device, dtype, configs, iters=args.iters,
-                    log=lambda line: print(line, flush=True))
+                    log=lambda line: print(line, flush=True), budget_s=args.budget_s)
     table = summary_table(timings)
     print()
     print(table)

@@ -465,3 +465,6 @@ def test_sep_half_shapes_list_every_separable_conv_half_of_a_forward():
     assert [t.path for t in timings] == ["torch", "torch"] and all(t.forward_us > 0 for t in timings)
     total_ms = sum(t.shape.count * (t.forward_us + t.backward_us) for t in timings) / 1e3
     assert f"PyTorch {total_ms:.2f} ms" in summary_table(timings)
+    said = []
+    assert sweep(tiny, torch.device("cpu"), iters=1, log=said.append, budget_s=0.0) == []  # a spent budget
+    assert said and "time budget" in said[0]

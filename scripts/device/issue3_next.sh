@@ -13,13 +13,14 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 echo "== 1. default fast path vs plain, fp32"
-timeout ${DEFAULT_T:-110} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 4 \
+timeout ${DEFAULT_T:-80} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 4 \
   --out "$OUT/default" 2>&1 | tail -8
 echo "== 2. compiled (attack engine and weight update) + bf16"
-timeout ${COMPILE_T:-270} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 \
+timeout ${COMPILE_T:-300} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 \
   --iters 4 --workloads pgd20,train_pgd7 --out "$OUT/compile-bf16" 2>&1 | tail -8
 echo "== 3. separable-conv halves: cuDNN vs Triton tilings, bf16"
 timeout ${KERNELS_T:-170} python3 benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 \
-  --dtype bf16 --configs sweep --shapes ${SHAPES:-4} --iters 10 --json "$OUT/sepconv-bf16.json" 2>&1 | tail -80
+  --dtype bf16 --configs sweep --shapes ${SHAPES:-4} --iters 10 --budget-s $(( ${KERNELS_T:-170} - 25 )) \
+  --json "$OUT/sepconv-bf16.json" 2>&1 | tail -80
 } 2>&1 | tee "$OUT/issue3_next.log"
 rm -f "$OUT"/*/*.md  # at most 8 files come back; the tables are in the log, the numbers in the JSON

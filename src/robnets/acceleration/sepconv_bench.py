@@ -146,8 +146,12 @@ class KernelTiming:
 
 
 def sweep(shapes: Sequence[SepHalfShape], device: torch.device, dtype: torch.dtype = torch.float32,
-          configs: Sequence = (), iters: int = 20, log: Callable[[str], None] = print) -> list[KernelTiming]:
-    """Time PyTorch's kernels and each Triton config on every shape (Triton only on CUDA)."""
+          configs: Sequence = (), iters: int = 20, log: Callable[[str], None] = print,
+          budget_s: float | None = None) -> list[KernelTiming]:
+    """Time PyTorch's kernels and each Triton config on every shape (Triton only on CUDA), the most frequent
+    shape first. ``budget_s``: start no new timing after that many seconds (each Triton config compiles
+    first), so a capped run still returns what it measured."""
+    deadline = None if budget_s is None else time.perf_counter() + budget_s
     element = torch.empty((), dtype=dtype).element_size()
     paths: list[tuple[str, Callable]] = [("torch", torch_sep_half)]
     if configs:
@@ -160,6 +164,9 @@ def sweep(shapes: Sequence[SepHalfShape], device: torch.device, dtype: torch.dty
     out = []
     for shape in shapes:
         for name, half in paths:
+            if deadline is not None and time.perf_counter() > deadline:
+                log(f"  time budget of {budget_s:.0f} s spent: stopping before {shape.label()} {name}")
+                return out
             try:
                 fwd, bwd = time_sep_half(shape, half, device, dtype, iters=iters)
             except Exception as exc:  # noqa: BLE001 - a config that does not launch (shared memory) is a result
