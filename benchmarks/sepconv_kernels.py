@@ -9,9 +9,9 @@ Triton runs on CUDA only (the CPU interpreter is for correctness, not speed); on
     python benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 --dtype bf16 \\
         --configs sweep --json /tmp/out/sepconv.json
 
-``--configs``: ``none``, ``default`` (the library's), ``sweep`` (a dozen tilings: pixel tiles 32-128, all
-output channels in one forward program, 2-8 warps, 1-3 stages) or a comma list of labels such as
-``p64-ci64-co64-w4-s1``. ``--shapes N`` keeps the N most frequent shapes (compilation costs ~1 s per shape
+``--configs``: ``none``, ``default`` (the library's), ``sweep`` (fifteen: fused tilings with pixel tiles
+16-128, all output channels in one forward program, 2-8 warps, 1-3 stages, and three ``-split`` ones: Triton
+depthwise + cuBLAS 1x1) or a comma list of labels such as ``p64-ci64-co64-w4-s1`` / ``...-split``. ``--shapes N`` keeps the N most frequent shapes (compilation costs ~1 s per shape
 and config on a GPU).
 """
 
@@ -19,41 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from robnets.acceleration.sepconv_bench import sep_half_shapes, summary_table, sweep
-
-SWEEP = ("p64-ci64-co64-w4-s1", "p32-ci64-co64-w4-s1", "p128-ci32-co64-w8-s1", "p32-ci32-co128-w4-s1",
-         "p32-ci32-co256-w8-s1", "p64-ci32-co128-w8-s1", "p64-ci32-co64-w4-s2", "p64-ci16-co64-w4-s3",
-         "p128-ci16-co128-w8-s2", "p32-ci16-co64-w2-s2", "p16-ci64-co64-w2-s1", "p64-ci64-co128-w8-s1")
-LABEL = re.compile(r"^p(\d+)-ci(\d+)-co(\d+)-w(\d+)-s(\d+)$")
-
-
-def parse_configs(text: str) -> list:
-    from robnets.acceleration.triton_sepconv import DEFAULT_CONFIG, KernelConfig
-
-    if text == "none":
-        return []
-    if text == "default":
-        return [DEFAULT_CONFIG]
-    labels = SWEEP if text == "sweep" else [t.strip() for t in text.split(",") if t.strip()]
-    configs = []
-    for label in labels:
-        match = LABEL.match(label)
-        if match is None:
-            raise SystemExit(f"error: --configs entry {label!r} is not a label like p64-ci64-co64-w4-s1 "
-                             "(or use none, default, sweep)")
-        p, ci, co, w, s = (int(v) for v in match.groups())
-        try:
-            configs.append(KernelConfig(block_p=p, block_ci=ci, block_co=co, num_warps=w, num_stages=s))
-        except ValueError as exc:
-            raise SystemExit(f"error: --configs entry {label!r}: {exc}") from None
-    return configs
+from robnets.acceleration.sepconv_bench import kernel_configs, sep_half_shapes, summary_table, sweep
 
 
 def main() -> int:
@@ -72,17 +44,22 @@ def main() -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible; use --device cpu")
-    configs = parse_configs(args.configs)
+    try:
+        configs = kernel_configs(args.configs)
+    except ValueError as exc:
+        raise SystemExit(f"error: --configs: {exc}") from None
     if configs and device.type != "cuda":
         print("note: Triton kernels are timed on CUDA only; timing PyTorch's kernels alone", file=sys.stderr)
         configs = []
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     shapes = sep_half_shapes(args.model, args.batch)
+    total = sum(s.count for s in shapes)
     if args.shapes:
         shapes = shapes[: args.shapes]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{args.model}, batch {args.batch}, {args.dtype}, {name}, torch {torch.__version__}: "
-          f"{len(shapes)} shapes, {sum(s.count for s in shapes)} separable-conv halves per forward", flush=True)
+          f"{len(shapes)} shapes, {sum(s.count for s in shapes)} of the {total} separable-conv halves per forward",
+          flush=True)
     timings = sweep(shapes, device, dtype, configs, iters=args.iters,
                     log=lambda line: print(line, flush=True), budget_s=args.budget_s)
     table = summary_table(timings)

@@ -65,6 +65,16 @@ EXTRA_CASES = {
     "C72-s2-5x5-relu-configs": dict(c=72, stride=2, hw=(5, 5), relu=True, layout="channels_last", n=1,
                                     configs=(dict(block_p=16, block_ci=32, block_co=128, num_warps=2),
                                              dict(block_p=32, block_ci=16, block_co=32, num_stages=2))),
+    # split: Triton depthwise kernels (ReLU / ReLU mask fused) and the 1x1 product as a GEMM
+    "split-C12-s2-7x7-relu-nchw-cout8": dict(c=12, c_out=8, stride=2, hw=(7, 7), relu=True, layout="nchw",
+                                             configs=(dict(split=True), dict(split=True))),
+    "split-C72-s1-5x5-relu-no-bias": dict(c=72, stride=1, hw=(5, 5), relu=True, layout="channels_last", n=1,
+                                          bn=None, configs=(dict(block_ci=32, split=True),
+                                                            dict(block_p=32, block_ci=16, split=True))),
+    "split-bf16-C8-s2-8x8-norelu": dict(c=8, stride=2, hw=(8, 8), relu=False, layout="channels_last",
+                                        dtype="bfloat16", configs=(dict(split=True), dict(split=True))),
+    "split-fwd-only-C12-s1-6x6-relu-sliced": dict(c=12, stride=1, hw=(6, 6), relu=True, layout="sliced",
+                                                  configs=(dict(split=True), dict())),
     # bfloat16: fp32 accumulation, bf16 output and gradient
     "bf16-C12-s2-7x7-relu": dict(c=12, stride=2, hw=(7, 7), relu=True, layout="channels_last", dtype="bfloat16"),
     "bf16-C8-s1-8x8-norelu": dict(c=8, stride=1, hw=(8, 8), relu=False, layout="nchw", dtype="bfloat16"),
@@ -307,9 +317,20 @@ def test_kernel_configs_are_validated():
     from robnets.acceleration.triton_sepconv import DEFAULT_CONFIG, KernelConfig
 
     assert DEFAULT_CONFIG.label() == "p64-ci64-co64-w4-s1"
+    assert KernelConfig(block_p=32, split=True).label() == "p32-ci64-co64-w4-s1-split"
     for bad in (dict(block_p=48), dict(block_ci=8), dict(block_co=0), dict(num_warps=3), dict(num_stages=0)):
         with pytest.raises(ValueError, match=f"KernelConfig.{next(iter(bad))}"):
             KernelConfig(**bad)
+    # labels name configurations both ways (benchmarks/sepconv_kernels.py --configs)
+    from robnets.acceleration.sepconv_bench import SWEEP_LABELS, kernel_configs
+
+    sweep = kernel_configs("sweep")
+    assert [c.label() for c in sweep] == list(SWEEP_LABELS) and len(set(sweep)) == len(sweep)
+    assert any(c.split for c in sweep) and kernel_configs("default") == [DEFAULT_CONFIG]
+    assert KernelConfig.from_label("p32-ci16-co64-w2-s2-split") == KernelConfig(32, 16, 64, 2, 2, split=True)
+    for bad in ("p64-ci64-co64-w4", "p48-ci64-co64-w4-s1"):
+        with pytest.raises(ValueError, match="label like|KernelConfig.block_p"):
+            KernelConfig.from_label(bad)
 
 
 @pytest.mark.skipif(not _HAS_TRITON, reason=_NO_TRITON)

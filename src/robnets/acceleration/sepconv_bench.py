@@ -23,6 +23,27 @@ from .fast_robnet import FastRobNet, torch_sep_half
 from .folding import FoldedConv
 
 
+# Tilings benchmarks/sepconv_kernels.py sweeps: fused kernels with pixel tiles of 16-128, one forward program
+# for all output channels (co256), 2-8 warps and 1-3 pipeline stages; three split ones (Triton depthwise +
+# cuBLAS 1x1).
+SWEEP_LABELS = ("p64-ci64-co64-w4-s1", "p32-ci64-co64-w4-s1", "p128-ci32-co64-w8-s1", "p32-ci32-co128-w4-s1",
+                "p32-ci32-co256-w8-s1", "p64-ci32-co128-w8-s1", "p64-ci32-co64-w4-s2", "p64-ci16-co64-w4-s3",
+                "p128-ci16-co128-w8-s2", "p32-ci16-co64-w2-s2", "p16-ci64-co64-w2-s1", "p64-ci64-co128-w8-s1",
+                "p64-ci64-co64-w4-s1-split", "p128-ci32-co64-w4-s2-split", "p32-ci64-co64-w4-s1-split")
+
+
+def kernel_configs(text: str) -> list:
+    """``none``, ``default``, ``sweep`` or a comma list of labels -> KernelConfig objects."""
+    from .triton_sepconv import DEFAULT_CONFIG, KernelConfig
+
+    if text == "none":
+        return []
+    if text == "default":
+        return [DEFAULT_CONFIG]
+    labels = SWEEP_LABELS if text == "sweep" else [t.strip() for t in text.split(",") if t.strip()]
+    return [KernelConfig.from_label(label) for label in labels]
+
+
 @dataclass(frozen=True)
 class SepHalfShape:
     """One separable-conv half as the engine calls it (batch size included), and how often per forward."""

@@ -33,6 +33,7 @@ without ``TRITON_INTERPRET=1``) raises a clear :class:`RuntimeError`.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,10 @@ class KernelConfig:
     ``block_co`` covering every output channel computes each depthwise tile once instead of once per block.
     ``num_stages`` > 1 pipelines the loads (more shared memory: 64 x 64 fp32 tiles with 2 stages did not fit
     an H100/H200 block's 227 KB).
+    ``split``: instead of one fused kernel, a Triton depthwise kernel (ReLU, or in the backward the ReLU mask,
+    fused in) and the 1x1 product as a cuBLAS GEMM on the channels-last (pixels x channels) matrices. The
+    depthwise result (its gradient) makes one extra round trip through memory, but nothing is recomputed:
+    the fused backward evaluates ``grad_out @ W_pw`` once per tap, 9 times. ``block_co`` is then unused.
     """
 
     block_p: int = 64
@@ -72,6 +77,7 @@ class KernelConfig:
     block_co: int = 64
     num_warps: int = 4
     num_stages: int = 1
+    split: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_p", "block_ci", "block_co"):
@@ -83,8 +89,19 @@ class KernelConfig:
         if self.num_stages < 1:
             raise ValueError(f"KernelConfig.num_stages must be at least 1, got {self.num_stages}")
 
+    @classmethod
+    def from_label(cls, label: str) -> KernelConfig:
+        """The inverse of :meth:`label`: ``'p64-ci64-co64-w4-s1'``, optionally ending in ``'-split'``."""
+        match = re.fullmatch(r"p(\d+)-ci(\d+)-co(\d+)-w(\d+)-s(\d+)(-split)?", label.strip())
+        if match is None:
+            raise ValueError(f"{label!r} is not a kernel configuration label like p64-ci64-co64-w4-s1 "
+                             "(optionally ending in -split)")
+        p, ci, co, w, s = (int(v) for v in match.groups()[:5])
+        return cls(block_p=p, block_ci=ci, block_co=co, num_warps=w, num_stages=s, split=match.group(6) is not None)
+
     def label(self) -> str:
-        return f"p{self.block_p}-ci{self.block_ci}-co{self.block_co}-w{self.num_warps}-s{self.num_stages}"
+        return (f"p{self.block_p}-ci{self.block_ci}-co{self.block_co}-w{self.num_warps}-s{self.num_stages}"
+                + ("-split" if self.split else ""))
 
 
 # The configuration measured on an H200 (502 / 937 us per forward / backward call at batch 256, far from memory
@@ -219,6 +236,91 @@ if triton is not None:
         tl.store(gx_ptr + gx_offs, acc.to(gx_ptr.dtype.element_ty), mask=io_mask)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _depthwise_fwd(
+        x_ptr, dw_ptr, m_ptr,
+        C, H, W, HO, WO, P,
+        sxn, sxc, sxh, sxw,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, RELU: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """(ReLU) -> depthwise KxK into a (P, C) row-major matrix: the split forward's first half."""
+        pid_p = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = p < P
+        n = p // (HO * WO)
+        rem = p % (HO * WO)
+        oh = rem // WO
+        ow = rem % WO
+        x_pix = n.to(tl.int64) * sxn
+        ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        ci_ok = ci < C
+        x_ch = ci.to(tl.int64) * sxc
+        mid = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for kh in tl.static_range(KH):
+            ih = oh * STRIDE - PAD + kh * DIL
+            h_ok = p_ok & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(KW):
+                iw = ow * STRIDE - PAD + kw * DIL
+                ok = h_ok & (iw >= 0) & (iw < W)
+                offs = (x_pix + ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
+                xv = tl.load(x_ptr + offs, mask=ok[:, None] & ci_ok[None, :], other=0.0).to(tl.float32)
+                if RELU:
+                    xv = tl.where(xv > 0.0, xv, 0.0)
+                wv = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
+                mid += xv * wv[None, :]
+        m_offs = p.to(tl.int64)[:, None] * C + ci[None, :]
+        tl.store(m_ptr + m_offs, mid.to(m_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
+
+    @triton.jit
+    def _depthwise_bwd(
+        x_ptr, g_ptr, dw_ptr, gx_ptr,
+        C, H, W, HO, WO, P,
+        sxn, sxc, sxh, sxw,
+        sdn, sdc, sdh, sdw,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, RELU: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """Input gradient of (ReLU) -> depthwise KxK from grad_mid, a (N*HO*WO, C) row-major matrix: for each
+        input pixel, the taps' weights times grad_mid at the output pixels they reach, then the ReLU mask."""
+        pid_p = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels
+        p_ok = p < P
+        n = p // (H * W)
+        rem = p % (H * W)
+        ih = rem // W
+        iw = rem % W
+        ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        ci_ok = ci < C
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for kh in tl.static_range(KH):
+            th = ih + PAD - kh * DIL
+            oh = th // STRIDE
+            h_ok = p_ok & (th >= 0) & (th % STRIDE == 0) & (oh < HO)
+            for kw in tl.static_range(KW):
+                tw = iw + PAD - kw * DIL
+                ow = tw // STRIDE
+                ok = h_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < WO)
+                row = tl.where(ok, (n * HO + oh) * WO + ow, 0).to(tl.int64)
+                gv = tl.load(g_ptr + row[:, None] * C + ci[None, :], mask=ok[:, None] & ci_ok[None, :],
+                             other=0.0).to(tl.float32)
+                wdw = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
+                acc += gv * wdw[None, :]
+        x_offs = (n.to(tl.int64) * sxn + ih * sxh + iw * sxw)[:, None] + ci.to(tl.int64)[None, :] * sxc
+        io_mask = p_ok[:, None] & ci_ok[None, :]
+        if RELU:
+            xv = tl.load(x_ptr + x_offs, mask=io_mask, other=0.0)
+            acc = tl.where(xv > 0.0, acc, 0.0)
+        gx_offs = (n.to(tl.int64) * sdn + ih * sdh + iw * sdw)[:, None] + ci.to(tl.int64)[None, :] * sdc
+        tl.store(gx_ptr + gx_offs, acc.to(gx_ptr.dtype.element_ty), mask=io_mask)
+
+
 def _require_triton(x: torch.Tensor) -> None:
     if triton is None:
         raise RuntimeError(f"triton_sep_half needs Triton, which could not be imported ({_TRITON_IMPORT_ERROR!r}); "
@@ -264,6 +366,20 @@ class _SepHalfFunction(torch.autograd.Function):
         if c == 0:
             return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
         block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
+        if cfg.split:
+            mid = torch.empty((p, c), device=x.device, dtype=x.dtype)  # channels-last (N, Ho, Wo, C) rows
+            _depthwise_fwd[(triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))](
+                x, dw_weight, mid, c, h, w, ho, wo, p, *x.stride(),
+                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu,
+                BLOCK_P=cfg.block_p, BLOCK_C=block_ci, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
+            rows = y.permute(0, 2, 3, 1).view(p, co)  # y's channels-last storage as a (P, CO) matrix
+            with torch.autocast(x.device.type, enabled=False):  # the GEMM in the input's dtype, as documented
+                if bias is not None:
+                    torch.addmm(bias, mid, pw_weight.t(), out=rows)
+                else:
+                    torch.mm(mid, pw_weight.t(), out=rows)
+            return y
         grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(co, block_co))
         _sep_half_fwd[grid](
             x, dw_weight, pw_weight, bias if bias is not None else pw_weight, y,
@@ -293,6 +409,16 @@ class _SepHalfFunction(torch.autograd.Function):
             return (grad_x.zero_(),) + (None,) * 8
         block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
         grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))
+        if cfg.split:
+            rows = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, co).to(pw_weight.dtype)  # a view if NHWC
+            with torch.autocast(x.device.type, enabled=False):
+                grad_mid = torch.mm(rows, pw_weight)  # (N*Ho*Wo, C) row-major
+            _depthwise_bwd[grid](
+                x, grad_mid, dw_weight, grad_x, c, h, w, ho, wo, p, *x.stride(), *grad_x.stride(),
+                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu,
+                BLOCK_P=cfg.block_p, BLOCK_C=block_ci, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
+            return (grad_x,) + (None,) * 8
         _sep_half_bwd[grid](
             x, grad_out, dw_weight, pw_weight, grad_x,
             c, h, w, co, ho, wo, p,
