@@ -442,6 +442,25 @@ def test_attack_step_traffic_counts_the_bytes_of_a_separable_conv():
     assert bound == pytest.approx(1e12 / ((20 * step.convolutions + forward.convolutions) / 2))
 
 
+def test_triton_tiling_from_the_environment(monkeypatch):
+    """ROBNETS_TRITON_CONFIG picks the fused kernels' tiling (one label, or forward,backward); a bad value is
+    one clear error naming the variable."""
+    from robnets.acceleration.select import triton_configs_from_environment
+    from robnets.acceleration.triton_sepconv import KernelConfig
+
+    monkeypatch.delenv("ROBNETS_TRITON_CONFIG", raising=False)
+    assert triton_configs_from_environment() is None
+    monkeypatch.setenv("ROBNETS_TRITON_CONFIG", "p32-ci64-co64-w4-s1-split")
+    split = KernelConfig(block_p=32, split=True)
+    assert triton_configs_from_environment() == (split, split)
+    monkeypatch.setenv("ROBNETS_TRITON_CONFIG", "p32-ci64-co64-w4-s1-split, p64-ci16-co64-w4-s3")
+    assert triton_configs_from_environment() == (split, KernelConfig(block_ci=16, num_stages=3))
+    for bad in ("p32-ci64", "p64-ci64-co64-w4-s1,p64-ci64-co64-w4-s1,p64-ci64-co64-w4-s1", "p64-ci64-co64-w3-s1"):
+        monkeypatch.setenv("ROBNETS_TRITON_CONFIG", bad)
+        with pytest.raises(robnets.RobnetsError, match="ROBNETS_TRITON_CONFIG"):
+            triton_configs_from_environment()
+
+
 def test_sep_half_shapes_list_every_separable_conv_half_of_a_forward():
     """benchmarks/sepconv_kernels.py times what one forward runs: every SepConv (plain or residual) is two
     halves; robnet_free has 356, the number of fused-kernel calls per attack step in the H200 profile."""

@@ -191,6 +191,28 @@ def _run_fast_robnet():
             "float64": agreement.as_dict()}
 
 
+def _run_fast_robnet_split():
+    """FastRobNet with the split kernels chosen through ROBNETS_TRITON_CONFIG, against PyTorch's kernels."""
+    import robnets
+    from robnets.acceleration import FastRobNet
+    from robnets.acceleration.numerics import logits_and_input_grad
+
+    torch.manual_seed(0)
+    genotype = "_".join(str(robnets.models.ROBNET_FREE).split("_")[:3])
+    model = robnets.create_model("robnet", genotype=genotype, C=4, layers=3).eval()
+    x, y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([3])
+    os.environ["ROBNETS_TRITON_CONFIG"] = "p32-ci16-co64-w4-s1-split"
+    try:
+        engine = FastRobNet(model, kernels="triton")
+    finally:
+        del os.environ["ROBNETS_TRITON_CONFIG"]
+    logits, grad = logits_and_input_grad(engine, x, y)
+    ref_logits, ref_grad = logits_and_input_grad(FastRobNet(model, kernels="torch"), x, y)
+    return {"shape_ok": logits.shape == ref_logits.shape, "dtype_ok": True, "channels_last": True,
+            "out_err": _rel(logits, ref_logits), "grad_err": _rel(grad, ref_grad),
+            "split": engine._half.keywords["forward_config"].split}
+
+
 def _run_misc():
     """Argument validation and the no-grad path."""
     from robnets.acceleration.triton_sepconv import triton_available, triton_sep_half
@@ -220,7 +242,8 @@ def _interpreter_main():
             results["cases"][name] = _run_case(spec)
         except Exception as exc:  # noqa: BLE001 - reported per case by the tests
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
-    for name, fn in (("fast_robnet", _run_fast_robnet), ("misc", _run_misc)):
+    for name, fn in (("fast_robnet", _run_fast_robnet), ("fast_robnet_split", _run_fast_robnet_split),
+                     ("misc", _run_misc)):
         try:
             results[name] = fn()
         except Exception as exc:  # noqa: BLE001
@@ -280,6 +303,12 @@ def test_interpreted_kernels_match_torch_sep_half(interpreted, name):
     assert name not in interpreted["errors"], interpreted["errors"].get(name)
     tol = BF16_TOL if ALL_CASES[name].get("dtype") == "bfloat16" else FP32_TOL
     _check(interpreted["cases"][name], tol)
+
+
+def test_interpreted_fast_robnet_with_split_kernels_from_the_environment(interpreted):
+    assert "fast_robnet_split" not in interpreted["errors"], interpreted["errors"].get("fast_robnet_split")
+    assert interpreted["fast_robnet_split"]["split"]
+    _check(interpreted["fast_robnet_split"], FP32_TOL)
 
 
 def test_interpreted_fast_robnet_with_triton_kernels_matches_torch_kernels(interpreted):
@@ -348,8 +377,15 @@ def test_cpu_tensor_without_interpreter_is_refused():
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="checks the compiled kernels, not the interpreter")
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("relu", [True, False])
-def test_cuda_kernels_match_torch_sep_half(stride, relu):
-    from robnets.acceleration.triton_sepconv import triton_sep_half
+@pytest.mark.parametrize("split", [False, True])
+def test_cuda_kernels_match_torch_sep_half(stride, relu, split):
+    from functools import partial
+
+    from robnets.acceleration.triton_sepconv import KernelConfig
+    from robnets.acceleration.triton_sepconv import triton_sep_half as fused
+
+    config = KernelConfig(split=split)
+    triton_sep_half = partial(fused, forward_config=config, backward_config=config)
 
     depthwise, pointwise = _make_half(36, stride=stride, device="cuda")
     x = _make_input(4, 36, (32, 32), "channels_last", device="cuda")

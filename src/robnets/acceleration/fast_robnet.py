@@ -174,9 +174,14 @@ class FastRobNet(nn.Module):
         self.kernels = kernels
         self._half: SepHalf = torch_sep_half
         if kernels == "triton":
+            from functools import partial
+
+            from .select import triton_configs_from_environment
             from .triton_sepconv import triton_sep_half
 
-            self._half = triton_sep_half
+            configs = triton_configs_from_environment()
+            self._half = triton_sep_half if configs is None else partial(
+                triton_sep_half, forward_config=configs[0], backward_config=configs[1])
         elif kernels != "torch":
             raise ValueError(f"kernels must be 'torch' or 'triton', got {kernels!r}")
         self._cells = [_FastCell(c) for c in net.cells]

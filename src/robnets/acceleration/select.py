@@ -37,6 +37,25 @@ def kernels_from_environment() -> str | None:
     return value
 
 
+def triton_configs_from_environment() -> tuple | None:
+    """``ROBNETS_TRITON_CONFIG``: the fused kernels' tiling as ``LABEL`` (forward and backward) or
+    ``FORWARD,BACKWARD`` labels such as ``p64-ci64-co64-w4-s1-split`` (see ``benchmarks/sepconv_kernels.py``);
+    unset: the library's default. Returns (forward, backward) KernelConfigs or None."""
+    value = os.environ.get("ROBNETS_TRITON_CONFIG", "").strip()
+    if not value:
+        return None
+    from .triton_sepconv import KernelConfig
+
+    labels = [v.strip() for v in value.split(",")]
+    if len(labels) > 2:
+        raise RobnetsError(f"ROBNETS_TRITON_CONFIG takes one label or two (forward,backward), got {value!r}")
+    try:
+        configs = [KernelConfig.from_label(label) for label in labels]
+    except ValueError as exc:
+        raise RobnetsError(f"ROBNETS_TRITON_CONFIG: {exc}") from None
+    return configs[0], configs[-1]
+
+
 def cuda_graphs_enabled(device: torch.device | str) -> bool:
     """CUDA graphs for the attack loop on CUDA devices, unless ``ROBNETS_CUDA_GRAPHS=0``."""
     return torch.device(device).type == "cuda" and os.environ.get("ROBNETS_CUDA_GRAPHS", "1").strip() != "0"
