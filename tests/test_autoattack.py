@@ -21,9 +21,6 @@ from robnets.data import load_sample
 from robnets.evaluation.crosscheck import tiny_cnn
 from robnets.errors import RobnetsError
 
-# pytest-xdist (--dist loadgroup) runs these tests on one worker: the trained CNN (module fixture) is built once.
-pytestmark = pytest.mark.xdist_group("test_autoattack")
-
 EPS = 2 / 255
 L2_EPS = 0.25
 

@@ -11,9 +11,6 @@ from robnets.attacks import APGD, PGD, AutoAttack
 from robnets.data import load_sample
 from robnets.evaluation.crosscheck import tiny_robust_cnn
 
-# pytest-xdist (--dist loadgroup) runs these tests on one worker: the robust CNN (module fixture) is built once.
-pytestmark = pytest.mark.xdist_group("test_crosscheck")
-
 torchattacks = pytest.importorskip("torchattacks", reason="torchattacks (optional test dependency) is not installed")
 
 EPS = 8 / 255

@@ -23,9 +23,6 @@ from robnets.training.distributed import DistContext
 
 from .conftest import CIFAR10_NPZ, REPO
 
-# pytest-xdist (--dist loadgroup) runs these tests on one worker: the finished search (module fixture) runs once.
-pytestmark = pytest.mark.xdist_group("test_search")
-
 SEARCH = str(REPO / "experiments" / "search_cifar10" / "config.yaml")
 SEARCH_FREE = str(REPO / "experiments" / "search_free_cifar10" / "config.yaml")
 

@@ -23,9 +23,6 @@ from torch import nn
 from robnets.acceleration.fast_robnet import torch_sep_half
 from robnets.acceleration.folding import FoldedConv
 
-# One worker runs every interpreter check under pytest-xdist (``--dist loadgroup``): the subprocess runs once.
-pytestmark = pytest.mark.xdist_group("triton_interpreter")
-
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _NO_TRITON = "triton is not installed (the fused kernels are optional)"
 _RESULT_MARK = "TRITON-CHECK-RESULTS "
