@@ -234,11 +234,13 @@ def _torchrun():
 
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun is not installed")
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_cifar, tmp_path):
-    """2 DDP ranks x 16 images == 1 process x 2 micro-batches of 16 (same shards, same BatchNorm groups)."""
+    """2 DDP ranks x 16 images == 1 process x 2 micro-batches of 16 (same shards, same BatchNorm groups). The
+    DDP run also compiles its weight update (train.compile, torch.compile of the DDP module, Dynamo's eager
+    backend: the same arithmetic, so the match stays exact up to the reduction order)."""
     args = TINY + ["train.method=pgd", "train.attack_steps=2", "train.attack_train_mode=true",
-                   "train.epochs=1", "train.train_size=96", "train.val_size=32"]
+                   "train.epochs=1", "train.train_size=96", "train.val_size=32", "train.compile=true"]
     sets = [a for kv in args for a in ("--set", kv)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBNETS_COMPILE_BACKEND": "eager"}
     ddp = subprocess.run(
         [_torchrun(), "--nproc_per_node=2", "--master_port=29533", "-m", "robnets", "train", "--data-dir",
          str(tiny_cifar), "--output-dir", str(tmp_path / "ddp"), "--no-progress", "--distributed", *sets],
@@ -261,7 +263,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_ci
     start = robnets.create_model("robnet_large_v1", C=4, layers=3).state_dict()
     assert not all(torch.equal(a[k], start[k]) for k in params)  # training really moved the weights
     log = (tmp_path / "ddp" / "train.log").read_text()
-    assert "over 2 process(es)" in log and "global batch 32" in log
+    assert "over 2 process(es)" in log and "global batch 32" in log and "torch.compile (eager)" in log
 
 
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun is not installed")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -256,6 +257,11 @@ class Trainer:
             from .. import acceleration
 
             train_net = acceleration.compile_for_training(net)
+            backend = os.environ.get("ROBNETS_COMPILE_BACKEND", "").strip() or "inductor"
+            attacks_too = t.fast_attack and not self.settings.attack_train_mode and isinstance(model, RobNet)
+            self.log("train.compile: the weight update's forward/backward"
+                     + (" and the attack engine" if attacks_too else "")
+                     + f" run through torch.compile ({backend}); the first steps compile (minutes)")
         writer = None
         if t.tensorboard and ctx.is_main:
             try:
