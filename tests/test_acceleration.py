@@ -364,6 +364,8 @@ def test_inductor_compiled_training_step_matches_eager():
     compiled_source = copy.deepcopy(eager)
     compiled = compile_for_training(compiled_source)
     x, y = torch.rand(8, 3, 32, 32, device=device), torch.randint(0, 10, (8,), device=device)
+    stats = [m.running_mean for m in compiled_source.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    versions = [t._version for t in stats]
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -381,6 +383,8 @@ def test_inductor_compiled_training_step_matches_eager():
     assert worst <= 1e-3, worst
     for (name, b), c in zip(eager.named_buffers(), compiled_source.buffers()):
         assert torch.allclose(c.float(), b.float(), rtol=1e-5, atol=1e-6), name  # running stats updated alike
+    # the compiled update bumps their version counters, so the fast attack engine re-folds its BatchNorms
+    assert all(t._version > v for t, v in zip(stats, versions))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
