@@ -125,6 +125,32 @@ def _channel_block(n: int, cap: int) -> int:
 if triton is not None:
 
     @triton.jit
+    def _depthwise_tile(
+        x_ptr, dw_ptr, x_pix, oh, ow, p_ok, ci, ci_ok,
+        C, H, W, sxc, sxh, sxw,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, RELU: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """(ReLU) -> depthwise KxK for a tile of output pixels (image offset ``x_pix``, row ``oh``, column
+        ``ow``) and channels ``ci``, accumulated in fp32; shared by the fused and the split forward."""
+        x_ch = ci.to(tl.int64) * sxc
+        mid = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for kh in tl.static_range(KH):
+            ih = oh * STRIDE - PAD + kh * DIL
+            h_ok = p_ok & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(KW):
+                iw = ow * STRIDE - PAD + kw * DIL
+                ok = h_ok & (iw >= 0) & (iw < W)
+                offs = (x_pix + ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
+                xv = tl.load(x_ptr + offs, mask=ok[:, None] & ci_ok[None, :], other=0.0).to(tl.float32)
+                if RELU:
+                    xv = tl.where(xv > 0.0, xv, 0.0)
+                wv = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
+                mid += xv * wv[None, :]
+        return mid
+
+    @triton.jit
     def _sep_half_fwd(
         x_ptr, dw_ptr, pw_ptr, b_ptr, y_ptr,
         C, H, W, CO, HO, WO, P,
@@ -151,20 +177,8 @@ if triton is not None:
         for ci0 in range(0, C, BLOCK_CI):
             ci = ci0 + tl.arange(0, BLOCK_CI)
             ci_ok = ci < C
-            x_ch = ci.to(tl.int64) * sxc
-            mid = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
-            for kh in tl.static_range(KH):
-                ih = oh * STRIDE - PAD + kh * DIL
-                h_ok = p_ok & (ih >= 0) & (ih < H)
-                for kw in tl.static_range(KW):
-                    iw = ow * STRIDE - PAD + kw * DIL
-                    ok = h_ok & (iw >= 0) & (iw < W)
-                    offs = (x_pix + ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
-                    xv = tl.load(x_ptr + offs, mask=ok[:, None] & ci_ok[None, :], other=0.0).to(tl.float32)
-                    if RELU:
-                        xv = tl.where(xv > 0.0, xv, 0.0)
-                    wv = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
-                    mid += xv * wv[None, :]
+            mid = _depthwise_tile(x_ptr, dw_ptr, x_pix, oh, ow, p_ok, ci, ci_ok, C, H, W, sxc, sxh, sxw,
+                                  STRIDE, PAD, DIL, KH, KW, RELU, BLOCK_P, BLOCK_CI)
             # W_pw is (CO, C) row-major; the dot wants (BLOCK_CI, BLOCK_CO).
             wt = tl.load(pw_ptr + co[None, :] * C + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
             mid = mid.to(wt.dtype)  # the reference rounds the depthwise result to the input dtype
@@ -259,20 +273,8 @@ if triton is not None:
         x_pix = n.to(tl.int64) * sxn
         ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         ci_ok = ci < C
-        x_ch = ci.to(tl.int64) * sxc
-        mid = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for kh in tl.static_range(KH):
-            ih = oh * STRIDE - PAD + kh * DIL
-            h_ok = p_ok & (ih >= 0) & (ih < H)
-            for kw in tl.static_range(KW):
-                iw = ow * STRIDE - PAD + kw * DIL
-                ok = h_ok & (iw >= 0) & (iw < W)
-                offs = (x_pix + ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
-                xv = tl.load(x_ptr + offs, mask=ok[:, None] & ci_ok[None, :], other=0.0).to(tl.float32)
-                if RELU:
-                    xv = tl.where(xv > 0.0, xv, 0.0)
-                wv = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
-                mid += xv * wv[None, :]
+        mid = _depthwise_tile(x_ptr, dw_ptr, x_pix, oh, ow, p_ok, ci, ci_ok, C, H, W, sxc, sxh, sxw,
+                              STRIDE, PAD, DIL, KH, KW, RELU, BLOCK_P, BLOCK_C)
         m_offs = p.to(tl.int64)[:, None] * C + ci[None, :]
         tl.store(m_ptr + m_offs, mid.to(m_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
 
