@@ -69,6 +69,12 @@ def compile_from_environment() -> bool:
     return value in ("1", "true")
 
 
+def compile_backend_from_environment() -> str:
+    """``ROBNETS_COMPILE_BACKEND``: the ``torch.compile`` backend of compiled paths (default ``inductor``;
+    ``eager`` / ``aot_eager`` check the graph capture without Inductor's code generation)."""
+    return os.environ.get("ROBNETS_COMPILE_BACKEND", "").strip() or "inductor"
+
+
 def compile_for_training(module: nn.Module, backend: str | Callable | None = None) -> nn.Module:
     """``torch.compile`` a model for its training forward and backward (train mode: BatchNorm batch statistics,
     weight gradients), sharing its parameters, buffers and state dict with ``module``.
@@ -82,9 +88,7 @@ def compile_for_training(module: nn.Module, backend: str | Callable | None = Non
     ``backend`` defaults to ``ROBNETS_COMPILE_BACKEND`` or Inductor; ``eager`` / ``aot_eager`` check the graph
     capture without Inductor's code generation (debugging, tests).
     """
-    if backend is None:
-        backend = os.environ.get("ROBNETS_COMPILE_BACKEND", "").strip() or "inductor"
-    return torch.compile(module, backend=backend, dynamic=False)
+    return torch.compile(module, backend=backend or compile_backend_from_environment(), dynamic=False)
 
 
 # One compiled engine per source model and settings: torch.compile caches per engine, so creating a fresh
@@ -130,8 +134,8 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
         engines = _COMPILED_ENGINES.setdefault(model, {})
         fast = engines.get(channels_last)
         if fast is None:
-            backend = os.environ.get("ROBNETS_COMPILE_BACKEND", "").strip() or True  # True: Inductor
-            fast = engines[channels_last] = FastRobNet(model, channels_last=channels_last, compile=backend)
+            fast = engines[channels_last] = FastRobNet(model, channels_last=channels_last,
+                                                       compile=compile_backend_from_environment())
         return fast.train(model.training), description + ", torch.compile)"
     fast = FastRobNet(model, channels_last=channels_last, kernels=kernels).train(model.training)
     return fast, description + ")"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -257,7 +256,7 @@ class Trainer:
             from .. import acceleration
 
             train_net = acceleration.compile_for_training(net)
-            backend = os.environ.get("ROBNETS_COMPILE_BACKEND", "").strip() or "inductor"
+            backend = acceleration.compile_backend_from_environment()
             attacks_too = t.fast_attack and not self.settings.attack_train_mode and isinstance(model, RobNet)
             self.log("train.compile: the weight update's forward/backward"
                      + (" and the attack engine" if attacks_too else "")
