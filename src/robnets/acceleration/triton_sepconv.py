@@ -125,6 +125,37 @@ def _channel_block(n: int, cap: int) -> int:
 if triton is not None:
 
     @triton.jit
+    def _pixel_tile(pid, P, HH, WW, BLOCK_P: tl.constexpr):
+        """The BLOCK_P pixels (flattened over N, HH, WW) of program ``pid``: (p, in range, image, row, column)."""
+        p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        rem = p % (HH * WW)
+        return p, p < P, p // (HH * WW), rem // WW, rem % WW
+
+    @triton.jit
+    def _tap_source(ih, iw, p_ok, HO, WO, kh: tl.constexpr, kw: tl.constexpr,
+                    STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr):
+        """For input pixels (ih, iw): the output pixel (oh, ow) that reads them through tap (kh, kw), and
+        whether one does (oh * STRIDE - PAD + kh * DIL == ih, inside the output; likewise for columns)."""
+        th = ih + PAD - kh * DIL
+        tw = iw + PAD - kw * DIL
+        oh = th // STRIDE
+        ow = tw // STRIDE
+        ok = p_ok & (th >= 0) & (th % STRIDE == 0) & (oh < HO) & (tw >= 0) & (tw % STRIDE == 0) & (ow < WO)
+        return ok, oh, ow
+
+    @triton.jit
+    def _store_input_grad(acc, x_ptr, gx_ptr, n, ih, iw, p_ok, ci, ci_ok, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
+                          RELU: tl.constexpr):
+        """The backward epilogue: the ReLU mask (where the kernel's input was not positive) and the store."""
+        x_offs = (n.to(tl.int64) * sxn + ih * sxh + iw * sxw)[:, None] + ci.to(tl.int64)[None, :] * sxc
+        io_mask = p_ok[:, None] & ci_ok[None, :]
+        if RELU:
+            xv = tl.load(x_ptr + x_offs, mask=io_mask, other=0.0)
+            acc = tl.where(xv > 0.0, acc, 0.0)
+        gx_offs = (n.to(tl.int64) * sdn + ih * sdh + iw * sdw)[:, None] + ci.to(tl.int64)[None, :] * sdc
+        tl.store(gx_ptr + gx_offs, acc.to(gx_ptr.dtype.element_ty), mask=io_mask)
+
+    @triton.jit
     def _depthwise_tile(
         x_ptr, dw_ptr, x_pix, oh, ow, p_ok, ci, ci_ok,
         C, H, W, sxc, sxh, sxw,
@@ -163,12 +194,7 @@ if triton is not None:
     ):
         pid_p = tl.program_id(0)
         pid_co = tl.program_id(1)
-        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_ok = p < P
-        n = p // (HO * WO)
-        rem = p % (HO * WO)
-        oh = rem // WO
-        ow = rem % WO
+        p, p_ok, n, oh, ow = _pixel_tile(pid_p, P, HO, WO, BLOCK_P)
         x_pix = n.to(tl.int64) * sxn
         co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
         co_ok = co < CO
@@ -204,26 +230,15 @@ if triton is not None:
     ):
         pid_p = tl.program_id(0)
         pid_ci = tl.program_id(1)
-        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels
-        p_ok = p < P
-        n = p // (H * W)
-        rem = p % (H * W)
-        ih = rem // W
-        iw = rem % W
+        p, p_ok, n, ih, iw = _pixel_tile(pid_p, P, H, W, BLOCK_P)  # input pixels
         g_pix = n.to(tl.int64) * sgn
         ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
         ci_ok = ci < C
 
         acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
         for kh in tl.static_range(KH):
-            # Output row reached through tap kh: oh * STRIDE - PAD + kh * DIL == ih.
-            th = ih + PAD - kh * DIL
-            oh = th // STRIDE
-            h_ok = p_ok & (th >= 0) & (th % STRIDE == 0) & (oh < HO)
             for kw in tl.static_range(KW):
-                tw = iw + PAD - kw * DIL
-                ow = tw // STRIDE
-                ok = h_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < WO)
+                ok, oh, ow = _tap_source(ih, iw, p_ok, HO, WO, kh, kw, STRIDE, PAD, DIL)
                 g_rows = g_pix + tl.where(ok, oh * sgh + ow * sgw, 0)
                 # grad_mid at the pixels this tap reaches: grad_out (BLOCK_P, CO) @ W_pw (CO, BLOCK_CI).
                 g_mid = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
@@ -241,13 +256,8 @@ if triton is not None:
                     g_mid = tl.dot(gv, wt, g_mid, input_precision=PRECISION)
                 wdw = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
                 acc += g_mid * wdw[None, :]
-        x_offs = (n.to(tl.int64) * sxn + ih * sxh + iw * sxw)[:, None] + ci.to(tl.int64)[None, :] * sxc
-        io_mask = p_ok[:, None] & ci_ok[None, :]
-        if RELU:
-            xv = tl.load(x_ptr + x_offs, mask=io_mask, other=0.0)
-            acc = tl.where(xv > 0.0, acc, 0.0)
-        gx_offs = (n.to(tl.int64) * sdn + ih * sdh + iw * sdw)[:, None] + ci.to(tl.int64)[None, :] * sdc
-        tl.store(gx_ptr + gx_offs, acc.to(gx_ptr.dtype.element_ty), mask=io_mask)
+        _store_input_grad(acc, x_ptr, gx_ptr, n, ih, iw, p_ok, ci, ci_ok, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
+                          RELU)
 
 
 if triton is not None:
@@ -264,12 +274,7 @@ if triton is not None:
         """(ReLU) -> depthwise KxK into a (P, C) row-major matrix: the split forward's first half."""
         pid_p = tl.program_id(0)
         pid_c = tl.program_id(1)
-        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_ok = p < P
-        n = p // (HO * WO)
-        rem = p % (HO * WO)
-        oh = rem // WO
-        ow = rem % WO
+        p, p_ok, n, oh, ow = _pixel_tile(pid_p, P, HO, WO, BLOCK_P)
         x_pix = n.to(tl.int64) * sxn
         ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         ci_ok = ci < C
@@ -292,35 +297,20 @@ if triton is not None:
         input pixel, the taps' weights times grad_mid at the output pixels they reach, then the ReLU mask."""
         pid_p = tl.program_id(0)
         pid_c = tl.program_id(1)
-        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # input pixels
-        p_ok = p < P
-        n = p // (H * W)
-        rem = p % (H * W)
-        ih = rem // W
-        iw = rem % W
+        p, p_ok, n, ih, iw = _pixel_tile(pid_p, P, H, W, BLOCK_P)  # input pixels
         ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         ci_ok = ci < C
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         for kh in tl.static_range(KH):
-            th = ih + PAD - kh * DIL
-            oh = th // STRIDE
-            h_ok = p_ok & (th >= 0) & (th % STRIDE == 0) & (oh < HO)
             for kw in tl.static_range(KW):
-                tw = iw + PAD - kw * DIL
-                ow = tw // STRIDE
-                ok = h_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < WO)
+                ok, oh, ow = _tap_source(ih, iw, p_ok, HO, WO, kh, kw, STRIDE, PAD, DIL)
                 row = tl.where(ok, (n * HO + oh) * WO + ow, 0).to(tl.int64)
                 gv = tl.load(g_ptr + row[:, None] * C + ci[None, :], mask=ok[:, None] & ci_ok[None, :],
                              other=0.0).to(tl.float32)
                 wdw = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
                 acc += gv * wdw[None, :]
-        x_offs = (n.to(tl.int64) * sxn + ih * sxh + iw * sxw)[:, None] + ci.to(tl.int64)[None, :] * sxc
-        io_mask = p_ok[:, None] & ci_ok[None, :]
-        if RELU:
-            xv = tl.load(x_ptr + x_offs, mask=io_mask, other=0.0)
-            acc = tl.where(xv > 0.0, acc, 0.0)
-        gx_offs = (n.to(tl.int64) * sdn + ih * sdh + iw * sdw)[:, None] + ci.to(tl.int64)[None, :] * sdc
-        tl.store(gx_ptr + gx_offs, acc.to(gx_ptr.dtype.element_ty), mask=io_mask)
+        _store_input_grad(acc, x_ptr, gx_ptr, n, ih, iw, p_ok, ci, ci_ok, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
+                          RELU)
 
 
 def _require_triton(x: torch.Tensor) -> None:
