@@ -9,10 +9,11 @@ Triton runs on CUDA only (the CPU interpreter is for correctness, not speed); on
     python benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 --dtype bf16 \\
         --configs sweep --json /tmp/out/sepconv.json
 
-``--configs``: ``none``, ``default`` (the library's), ``sweep`` (fifteen: fused tilings with pixel tiles
-16-128, all output channels in one forward program, 2-8 warps, 1-3 stages, and three ``-split`` ones: Triton
-depthwise + cuBLAS 1x1) or a comma list of labels such as ``p64-ci64-co64-w4-s1`` / ``...-split``. ``--shapes N`` keeps the N most frequent shapes (compilation costs ~1 s per shape
-and config on a GPU).
+``--configs``: ``none``, ``default`` (the library's forward and backward tilings), ``sweep`` (fifteen tilings
+that compile for sm_90 without register spills and with vector loads: fused forward and backward candidates and
+four ``-split`` ones, Triton depthwise + cuBLAS 1x1; see ``benchmarks/triton_static.py``) or a comma list of labels
+such as ``p64-ci16-co64-w4-s2`` / ``...-split``. ``--shapes N`` keeps the N most frequent shapes (compilation
+costs ~1 s per shape and config on a GPU).
 """
 
 from __future__ import annotations

@@ -340,9 +340,10 @@ def test_module_imports_without_triton(monkeypatch):
 
 def test_kernel_configs_are_validated():
     """Launch settings fail at construction with the field's name, not inside Triton's compiler."""
-    from robnets.acceleration.triton_sepconv import DEFAULT_CONFIG, KernelConfig
+    from robnets.acceleration.triton_sepconv import DEFAULT_BACKWARD_CONFIG, DEFAULT_FORWARD_CONFIG, KernelConfig
 
-    assert DEFAULT_CONFIG.label() == "p64-ci64-co64-w4-s1"
+    assert DEFAULT_FORWARD_CONFIG.label() == "p64-ci16-co64-w4-s2"
+    assert DEFAULT_BACKWARD_CONFIG.label() == "p32-ci64-co32-w4-s1"
     assert KernelConfig(block_p=32, split=True).label() == "p32-ci64-co64-w4-s1-split"
     for bad in (dict(block_p=48), dict(block_ci=8), dict(block_co=0), dict(num_warps=3), dict(num_stages=0)):
         with pytest.raises(ValueError, match=f"KernelConfig.{next(iter(bad))}"):
@@ -352,7 +353,9 @@ def test_kernel_configs_are_validated():
 
     sweep = kernel_configs("sweep")
     assert [c.label() for c in sweep] == list(SWEEP_LABELS) and len(set(sweep)) == len(sweep)
-    assert any(c.split for c in sweep) and kernel_configs("default") == [DEFAULT_CONFIG]
+    assert any(c.split for c in sweep) and kernel_configs("default") == [DEFAULT_FORWARD_CONFIG,
+                                                                          DEFAULT_BACKWARD_CONFIG]
+    assert DEFAULT_FORWARD_CONFIG.label() in SWEEP_LABELS and DEFAULT_BACKWARD_CONFIG.label() in SWEEP_LABELS
     assert KernelConfig.from_label("p32-ci16-co64-w2-s2-split") == KernelConfig(32, 16, 64, 2, 2, split=True)
     for bad in ("p64-ci64-co64-w4", "p48-ci64-co64-w4-s1"):
         with pytest.raises(ValueError, match="label like|KernelConfig.block_p"):

@@ -23,23 +23,28 @@ from .fast_robnet import FastRobNet, torch_sep_half
 from .folding import FoldedConv
 
 
-# Tilings benchmarks/sepconv_kernels.py sweeps: fused kernels with pixel tiles of 16-128, one forward program
-# for all output channels (co256), 2-8 warps and 1-3 pipeline stages; three split ones (Triton depthwise +
-# cuBLAS 1x1).
-SWEEP_LABELS = ("p64-ci64-co64-w4-s1", "p32-ci64-co64-w4-s1", "p128-ci32-co64-w8-s1", "p32-ci32-co128-w4-s1",
-                "p32-ci32-co256-w8-s1", "p64-ci32-co128-w8-s1", "p64-ci32-co64-w4-s2", "p64-ci16-co64-w4-s3",
-                "p128-ci16-co128-w8-s2", "p32-ci16-co64-w2-s2", "p16-ci64-co64-w2-s1", "p64-ci64-co128-w8-s1",
-                "p64-ci64-co64-w4-s1-split", "p128-ci32-co64-w4-s2-split", "p32-ci64-co64-w4-s1-split")
+# Tilings benchmarks/sepconv_kernels.py sweeps (each timed forward and backward; the summary takes the best of
+# each direction). All compile for sm_90 at robnet_free's shapes without register spills and with vector loads
+# (benchmarks/triton_static.py, results/triton-static.md): fused forward candidates (16-channel chunks, 1-3
+# stages, 64-256 output channels per program), fused backward candidates (16-64 channels per program, 16-32
+# output channels per reduction chunk) and four split ones (Triton depthwise + cuBLAS 1x1).
+SWEEP_LABELS = ("p64-ci16-co64-w4-s2", "p64-ci16-co64-w4-s1", "p64-ci16-co64-w4-s3", "p32-ci16-co128-w4-s2",
+                "p128-ci16-co64-w8-s2", "p64-ci16-co256-w8-s2",
+                "p32-ci64-co32-w4-s1", "p32-ci32-co32-w4-s1", "p64-ci64-co16-w4-s1", "p64-ci32-co32-w4-s1",
+                "p128-ci64-co32-w8-s1",
+                "p32-ci32-co64-w2-s1-split", "p32-ci64-co64-w4-s1-split", "p64-ci64-co64-w8-s1-split",
+                "p128-ci32-co64-w8-s1-split")
 
 
 def kernel_configs(text: str) -> list:
-    """``none``, ``default``, ``sweep`` or a comma list of labels -> KernelConfig objects."""
-    from .triton_sepconv import DEFAULT_CONFIG, KernelConfig
+    """``none``, ``default`` (the default forward and backward tilings), ``sweep`` or a comma list of labels ->
+    KernelConfig objects."""
+    from .triton_sepconv import DEFAULT_BACKWARD_CONFIG, DEFAULT_FORWARD_CONFIG, KernelConfig
 
     if text == "none":
         return []
     if text == "default":
-        return [DEFAULT_CONFIG]
+        return [DEFAULT_FORWARD_CONFIG, DEFAULT_BACKWARD_CONFIG]
     labels = SWEEP_LABELS if text == "sweep" else [t.strip() for t in text.split(",") if t.strip()]
     return [KernelConfig.from_label(label) for label in labels]
 

@@ -11,15 +11,16 @@ with one kernel launch for the forward and one for the input gradient:
   and the tile stored; the depthwise intermediate never touches memory.
 * **backward** (``_sep_half_bwd``, input gradient only: the weights are detached folded views): each program
   owns ``BLOCK_P`` *input* pixels and ``BLOCK_CI`` input channels, and gathers
-  ``grad_x = [x > 0] * sum_taps w_dw[c, tap] * (grad_out @ W_pw)[pixel reached by tap]``: for each tap one
-  ``tl.dot`` (looping over ``BLOCK_CO`` chunks of the output channels) on the grad_out tile gathered at the
-  pixels that tap reaches (respecting stride and padding; pixels no output reads through that tap are masked),
-  scaled by the tap's depthwise weight and summed in fp32 registers; the ReLU mask is applied at the end.
-  Deterministic, no atomics, no scratch buffer; the price is that ``grad_out @ W_pw`` is evaluated once per
-  tap, i.e. K*K = 9 times the pointwise FLOPs (masked taps of a stride-2 layer skip their loads, not their
-  dot). Unmeasured guess: cheap on tensor cores at RobNet channel counts, possibly compute-bound at C >= 144
-  in IEEE fp32; the alternative (grad_mid written once by a 1x1 kernel, then a transposed-depthwise kernel)
-  trades those FLOPs for one extra round trip of grad_mid through memory.
+  ``grad_x = [x > 0] * sum_taps (grad_out at the pixels the tap reaches) @ (W_pw * w_dw[tap])``: for each
+  ``BLOCK_CO`` chunk of the output channels the pointwise weight tile is loaded once; each tap scales it by its
+  depthwise weights and one ``tl.dot`` on the grad_out tile gathered at that tap's pixels (respecting stride
+  and padding; pixels no output reads through that tap are masked) accumulates straight into the fp32
+  result; the ReLU mask is applied at the end. Deterministic, no atomics, no scratch buffer; the price is
+  K*K = 9 times the pointwise FLOPs (masked taps of a stride-2 layer skip their loads, not their dot). An
+  earlier version evaluated ``grad_out @ W_pw`` per tap into a second accumulator and reloaded the weight tile
+  per tap: it spilled registers in every tiling compiled for sm_90 but one
+  (:mod:`robnets.acceleration.triton_static`). The alternative, ``split`` (grad_mid written once by a GEMM,
+  then a transposed-depthwise kernel), trades those FLOPs for one extra round trip of grad_mid through memory.
 
 Precision: accumulation is always fp32. fp32 inputs use ``tl.dot`` with TF32 exactly when PyTorch's own
 convolutions may (``torch.backends.cudnn.allow_tf32``, which the reference ``F.conv2d`` follows), IEEE fp32
@@ -34,6 +35,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +56,7 @@ except Exception as exc:  # noqa: BLE001 - any failure to import means "no Trito
 else:
     _TRITON_IMPORT_ERROR = None
 
-__all__ = ["DEFAULT_CONFIG", "KernelConfig", "triton_available", "triton_sep_half"]
+__all__ = ["DEFAULT_BACKWARD_CONFIG", "DEFAULT_FORWARD_CONFIG", "KernelConfig", "KernelLaunch", "recording_launches", "triton_available", "triton_sep_half"]
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,13 @@ class KernelConfig:
                 + ("-split" if self.split else ""))
 
 
-# The configuration measured on an H200 (502 / 937 us per forward / backward call at batch 256, far from memory
-# speed); benchmarks/sepconv_kernels.py sweeps the alternatives per layer shape on a GPU.
-DEFAULT_CONFIG = KernelConfig()
+# Chosen without a GPU (benchmarks/triton_static.py, results/triton-static.md): compiled for sm_90 at robnet_free's
+# shapes, in fp32 and bf16, these spill no registers, load activations in 64/128-bit vectors and keep 12-31 % of
+# an SM's warps resident. The earlier p64-ci64-co64-w4-s1 for both (measured on an H200: 502 / 937 us per call,
+# 15-25x slower than cuDNN) spilled 0.5-1.2 KB per thread. Which tiling is fastest is for a GPU to say:
+# benchmarks/sepconv_kernels.py --configs sweep.
+DEFAULT_FORWARD_CONFIG = KernelConfig(block_p=64, block_ci=16, block_co=64, num_warps=4, num_stages=2)
+DEFAULT_BACKWARD_CONFIG = KernelConfig(block_p=32, block_ci=64, block_co=32, num_warps=4, num_stages=1)
 
 
 def _interpreting() -> bool:
@@ -145,14 +153,16 @@ if triton is not None:
 
     @triton.jit
     def _store_input_grad(acc, x_ptr, gx_ptr, n, ih, iw, p_ok, ci, ci_ok, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
-                          RELU: tl.constexpr):
+                          RELU: tl.constexpr, ALIGN: tl.constexpr):
         """The backward epilogue: the ReLU mask (where the kernel's input was not positive) and the store."""
-        x_offs = (n.to(tl.int64) * sxn + ih * sxh + iw * sxw)[:, None] + ci.to(tl.int64)[None, :] * sxc
+        x_offs = tl.multiple_of(n.to(tl.int64) * sxn + ih * sxh + iw * sxw, ALIGN)[:, None] \
+            + ci.to(tl.int64)[None, :] * sxc
         io_mask = p_ok[:, None] & ci_ok[None, :]
         if RELU:
             xv = tl.load(x_ptr + x_offs, mask=io_mask, other=0.0)
             acc = tl.where(xv > 0.0, acc, 0.0)
-        gx_offs = (n.to(tl.int64) * sdn + ih * sdh + iw * sdw)[:, None] + ci.to(tl.int64)[None, :] * sdc
+        gx_offs = tl.multiple_of(n.to(tl.int64) * sdn + ih * sdh + iw * sdw, ALIGN)[:, None] \
+            + ci.to(tl.int64)[None, :] * sdc
         tl.store(gx_ptr + gx_offs, acc.to(gx_ptr.dtype.element_ty), mask=io_mask)
 
     @triton.jit
@@ -161,7 +171,7 @@ if triton is not None:
         C, H, W, sxc, sxh, sxw,
         STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, RELU: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
     ):
         """(ReLU) -> depthwise KxK for a tile of output pixels (image offset ``x_pix``, row ``oh``, column
         ``ow``) and channels ``ci``, accumulated in fp32; shared by the fused and the split forward."""
@@ -173,11 +183,12 @@ if triton is not None:
             for kw in tl.static_range(KW):
                 iw = ow * STRIDE - PAD + kw * DIL
                 ok = h_ok & (iw >= 0) & (iw < W)
-                offs = (x_pix + ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
+                offs = tl.multiple_of(x_pix + ih * sxh + iw * sxw, ALIGN)[:, None] + x_ch[None, :]
                 xv = tl.load(x_ptr + offs, mask=ok[:, None] & ci_ok[None, :], other=0.0).to(tl.float32)
                 if RELU:
                     xv = tl.where(xv > 0.0, xv, 0.0)
-                wv = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
+                wv = tl.load(dw_ptr + tl.multiple_of((kh * KW + kw) * C, ALIGN) + ci, mask=ci_ok,
+                             other=0.0).to(tl.float32)
                 mid += xv * wv[None, :]
         return mid
 
@@ -190,10 +201,14 @@ if triton is not None:
         STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr,
         RELU: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, ALIGN: tl.constexpr,
     ):
         pid_p = tl.program_id(0)
         pid_co = tl.program_id(1)
+        # C (and CO) are multiples of ALIGN; saying so lets Triton vectorise the channel masks (c < C) as well
+        # as the offsets. A scalar argument takes no tl.multiple_of hint; (C // ALIGN) * ALIGN carries one.
+        C = (C // ALIGN) * ALIGN
+        CO = (CO // ALIGN) * ALIGN
         p, p_ok, n, oh, ow = _pixel_tile(pid_p, P, HO, WO, BLOCK_P)
         x_pix = n.to(tl.int64) * sxn
         co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
@@ -204,16 +219,18 @@ if triton is not None:
             ci = ci0 + tl.arange(0, BLOCK_CI)
             ci_ok = ci < C
             mid = _depthwise_tile(x_ptr, dw_ptr, x_pix, oh, ow, p_ok, ci, ci_ok, C, H, W, sxc, sxh, sxw,
-                                  STRIDE, PAD, DIL, KH, KW, RELU, BLOCK_P, BLOCK_CI)
+                                  STRIDE, PAD, DIL, KH, KW, RELU, BLOCK_P, BLOCK_CI, ALIGN)
             # W_pw is (CO, C) row-major; the dot wants (BLOCK_CI, BLOCK_CO).
-            wt = tl.load(pw_ptr + co[None, :] * C + ci[:, None], mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+            wt = tl.load(pw_ptr + tl.multiple_of(co * C, ALIGN)[None, :] + ci[:, None],
+                         mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
             mid = mid.to(wt.dtype)  # the reference rounds the depthwise result to the input dtype
             if UPCAST_DOT:
                 mid, wt = mid.to(tl.float32), wt.to(tl.float32)
             acc = tl.dot(mid, wt, acc, input_precision=PRECISION)
         if HAS_BIAS:
             acc += tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
-        y_offs = (n.to(tl.int64) * syn + oh * syh + ow * syw)[:, None] + co.to(tl.int64)[None, :] * syc
+        y_offs = tl.multiple_of(n.to(tl.int64) * syn + oh * syh + ow * syw, ALIGN)[:, None] \
+            + co.to(tl.int64)[None, :] * syc
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
     @triton.jit
@@ -226,38 +243,44 @@ if triton is not None:
         STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr,
         RELU: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, ALIGN: tl.constexpr,
     ):
         pid_p = tl.program_id(0)
         pid_ci = tl.program_id(1)
+        C = (C // ALIGN) * ALIGN  # see _sep_half_fwd
+        CO = (CO // ALIGN) * ALIGN
         p, p_ok, n, ih, iw = _pixel_tile(pid_p, P, H, W, BLOCK_P)  # input pixels
         g_pix = n.to(tl.int64) * sgn
         ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
         ci_ok = ci < C
 
         acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
-        for kh in tl.static_range(KH):
-            for kw in tl.static_range(KW):
-                ok, oh, ow = _tap_source(ih, iw, p_ok, HO, WO, kh, kw, STRIDE, PAD, DIL)
-                g_rows = g_pix + tl.where(ok, oh * sgh + ow * sgw, 0)
-                # grad_mid at the pixels this tap reaches: grad_out (BLOCK_P, CO) @ W_pw (CO, BLOCK_CI).
-                g_mid = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
-                for co0 in range(0, CO, BLOCK_CO):
-                    co = co0 + tl.arange(0, BLOCK_CO)
-                    co_ok = co < CO
+        for co0 in range(0, CO, BLOCK_CO):
+            co = co0 + tl.arange(0, BLOCK_CO)
+            co_ok = co < CO
+            # W_pw is (CO, C) row-major: its (BLOCK_CO, BLOCK_CI) tile, loaded once for all taps.
+            wt = tl.load(pw_ptr + tl.multiple_of(co * C, ALIGN)[:, None] + ci[None, :],
+                         mask=co_ok[:, None] & ci_ok[None, :],
+                         other=0.0).to(tl.float32)
+            for kh in tl.static_range(KH):
+                for kw in tl.static_range(KW):
+                    ok, oh, ow = _tap_source(ih, iw, p_ok, HO, WO, kh, kw, STRIDE, PAD, DIL)
+                    # No tl.where(ok, ..., 0) around the offset: masked lanes read nothing, and the select hides the
+                    # rows' 16-element alignment from Triton, which then loads grad_out one element at a time.
+                    g_rows = tl.multiple_of(g_pix + oh * sgh + ow * sgw, ALIGN)
                     gv = tl.load(g_ptr + g_rows[:, None] + co.to(tl.int64)[None, :] * sgc,
                                  mask=ok[:, None] & co_ok[None, :], other=0.0)
-                    # W_pw is (CO, C) row-major: the (BLOCK_CO, BLOCK_CI) tile.
-                    wt = tl.load(pw_ptr + co[:, None] * C + ci[None, :], mask=co_ok[:, None] & ci_ok[None, :],
-                                 other=0.0)
-                    gv = gv.to(wt.dtype)
+                    # sum_tap w_dw[tap] * (grad_out[tap pixels] @ W_pw) = sum_tap grad_out[tap pixels] @ (W_pw *
+                    # w_dw[tap]): the tap's weight scales the W tile, and tl.dot accumulates straight into acc.
+                    wdw = tl.load(dw_ptr + tl.multiple_of((kh * KW + kw) * C, ALIGN) + ci, mask=ci_ok, other=0.0).to(tl.float32)
+                    w_tap = (wt * wdw[None, :]).to(pw_ptr.dtype.element_ty)
+                    gv = gv.to(pw_ptr.dtype.element_ty)
                     if UPCAST_DOT:
-                        gv, wt = gv.to(tl.float32), wt.to(tl.float32)
-                    g_mid = tl.dot(gv, wt, g_mid, input_precision=PRECISION)
-                wdw = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
-                acc += g_mid * wdw[None, :]
+                        acc = tl.dot(gv.to(tl.float32), w_tap.to(tl.float32), acc, input_precision=PRECISION)
+                    else:
+                        acc = tl.dot(gv, w_tap, acc, input_precision=PRECISION)
         _store_input_grad(acc, x_ptr, gx_ptr, n, ih, iw, p_ok, ci, ci_ok, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
-                          RELU)
+                          RELU, ALIGN)
 
 
 if triton is not None:
@@ -269,18 +292,19 @@ if triton is not None:
         sxn, sxc, sxh, sxw,
         STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, RELU: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
     ):
         """(ReLU) -> depthwise KxK into a (P, C) row-major matrix: the split forward's first half."""
         pid_p = tl.program_id(0)
         pid_c = tl.program_id(1)
+        C = (C // ALIGN) * ALIGN  # see _sep_half_fwd
         p, p_ok, n, oh, ow = _pixel_tile(pid_p, P, HO, WO, BLOCK_P)
         x_pix = n.to(tl.int64) * sxn
         ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         ci_ok = ci < C
         mid = _depthwise_tile(x_ptr, dw_ptr, x_pix, oh, ow, p_ok, ci, ci_ok, C, H, W, sxc, sxh, sxw,
-                              STRIDE, PAD, DIL, KH, KW, RELU, BLOCK_P, BLOCK_C)
-        m_offs = p.to(tl.int64)[:, None] * C + ci[None, :]
+                              STRIDE, PAD, DIL, KH, KW, RELU, BLOCK_P, BLOCK_C, ALIGN)
+        m_offs = tl.multiple_of(p.to(tl.int64) * C, ALIGN)[:, None] + ci[None, :]
         tl.store(m_ptr + m_offs, mid.to(m_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
 
     @triton.jit
@@ -291,12 +315,13 @@ if triton is not None:
         sdn, sdc, sdh, sdw,
         STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
         KH: tl.constexpr, KW: tl.constexpr, RELU: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
     ):
         """Input gradient of (ReLU) -> depthwise KxK from grad_mid, a (N*HO*WO, C) row-major matrix: for each
         input pixel, the taps' weights times grad_mid at the output pixels they reach, then the ReLU mask."""
         pid_p = tl.program_id(0)
         pid_c = tl.program_id(1)
+        C = (C // ALIGN) * ALIGN  # see _sep_half_fwd
         p, p_ok, n, ih, iw = _pixel_tile(pid_p, P, H, W, BLOCK_P)  # input pixels
         ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         ci_ok = ci < C
@@ -304,20 +329,53 @@ if triton is not None:
         for kh in tl.static_range(KH):
             for kw in tl.static_range(KW):
                 ok, oh, ow = _tap_source(ih, iw, p_ok, HO, WO, kh, kw, STRIDE, PAD, DIL)
-                row = tl.where(ok, (n * HO + oh) * WO + ow, 0).to(tl.int64)
-                gv = tl.load(g_ptr + row[:, None] * C + ci[None, :], mask=ok[:, None] & ci_ok[None, :],
+                row = tl.multiple_of(((n * HO + oh) * WO + ow).to(tl.int64) * C, ALIGN)
+                gv = tl.load(g_ptr + row[:, None] + ci[None, :], mask=ok[:, None] & ci_ok[None, :],
                              other=0.0).to(tl.float32)
-                wdw = tl.load(dw_ptr + ci * (KH * KW) + (kh * KW + kw), mask=ci_ok, other=0.0).to(tl.float32)
+                wdw = tl.load(dw_ptr + tl.multiple_of((kh * KW + kw) * C, ALIGN) + ci, mask=ci_ok, other=0.0).to(tl.float32)
                 acc += gv * wdw[None, :]
         _store_input_grad(acc, x_ptr, gx_ptr, n, ih, iw, p_ok, ci, ci_ok, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
-                          RELU)
+                          RELU, ALIGN)
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch as :class:`_SepHalfFunction` makes it: the jitted kernel, its grid and arguments."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+
+_RECORDER: ContextVar[list | None] = ContextVar("robnets_triton_launch_recorder", default=None)
+
+
+@contextmanager
+def recording_launches() -> Iterator[list[KernelLaunch]]:
+    """Record the kernel launches instead of running them, on any device (meta tensors included): how
+    :mod:`robnets.acceleration.triton_static` compiles exactly the launches a GPU would run without one."""
+    launches: list[KernelLaunch] = []
+    token = _RECORDER.set(launches)
+    try:
+        yield launches
+    finally:
+        _RECORDER.reset(token)
+
+
+def _launch(kernel, grid: tuple, *args, **kwargs) -> None:  # noqa: ANN001
+    launches = _RECORDER.get()
+    if launches is not None:
+        launches.append(KernelLaunch(kernel, tuple(grid), args, kwargs))
+        return
+    kernel[grid](*args, **kwargs)
 
 
 def _require_triton(x: torch.Tensor) -> None:
     if triton is None:
         raise RuntimeError(f"triton_sep_half needs Triton, which could not be imported ({_TRITON_IMPORT_ERROR!r}); "
                            "install triton or use kernels='torch'")
-    if x.device.type != "cuda" and not _interpreting():
+    if x.device.type != "cuda" and not _interpreting() and _RECORDER.get() is None:
         raise RuntimeError(f"triton_sep_half runs on CUDA tensors (got a {x.device.type} tensor); CPU tensors "
                            "work only under the Triton interpreter (TRITON_INTERPRET=1 set before importing triton)")
 
@@ -335,6 +393,23 @@ def _upcast_dot(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and _interpreting()
 
 
+def _autocast_off(device: torch.device):  # noqa: ANN202
+    """Autocast disabled for the split kernels' GEMMs (meta tensors, recorded launches: nothing to disable)."""
+    return nullcontext() if device.type == "meta" else torch.autocast(device.type, enabled=False)
+
+
+def _alignment(channels: int, *tensors: torch.Tensor) -> int:
+    """The largest power of two (at most 16) dividing ``channels`` and every pixel stride (N, H, W) of the
+    tensors: every pixel's offset in a kernel, and every row of a (rows, C) weight or scratch matrix, is then a
+    multiple of it. The kernels pass it to Triton (``tl.multiple_of``), which otherwise knows only which
+    integers are multiples of 16 and loads e.g. 72-channel rows one element at a time instead of in vectors."""
+    values = [channels] + [t.stride(d) for t in tensors for d in (0, 2, 3)]
+    align = 16
+    while align > 1 and any(v % align for v in values):
+        align //= 2
+    return align
+
+
 def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
@@ -346,7 +421,7 @@ class _SepHalfFunction(torch.autograd.Function):
     def forward(ctx, x, dw_weight, pw_weight, bias, stride, pad, dil, relu, configs):  # noqa: ANN001, ANN205
         n, c, h, w = x.shape
         co = pw_weight.shape[0]
-        kh, kw = dw_weight.shape[-2:]
+        kh, kw = dw_weight.shape[:2]
         ho, wo = _out_size(h, kh, stride, pad, dil), _out_size(w, kw, stride, pad, dil)
         y = torch.empty((n, co, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
         ctx.save_for_backward(x, dw_weight, pw_weight)
@@ -358,28 +433,29 @@ class _SepHalfFunction(torch.autograd.Function):
         if c == 0:
             return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
         block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
+        align = _alignment(c, x, y)
         if cfg.split:
             mid = torch.empty((p, c), device=x.device, dtype=x.dtype)  # channels-last (N, Ho, Wo, C) rows
-            _depthwise_fwd[(triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))](
+            _launch(_depthwise_fwd, (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci)),
                 x, dw_weight, mid, c, h, w, ho, wo, p, *x.stride(),
-                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu,
-                BLOCK_P=cfg.block_p, BLOCK_C=block_ci, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=block_ci,
+                ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
             rows = y.permute(0, 2, 3, 1).view(p, co)  # y's channels-last storage as a (P, CO) matrix
-            with torch.autocast(x.device.type, enabled=False):  # the GEMM in the input's dtype, as documented
+            with _autocast_off(x.device):  # the GEMM in the input's dtype, as documented
                 if bias is not None:
                     torch.addmm(bias, mid, pw_weight.t(), out=rows)
                 else:
                     torch.mm(mid, pw_weight.t(), out=rows)
             return y
         grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(co, block_co))
-        _sep_half_fwd[grid](
+        _launch(_sep_half_fwd, grid,
             x, dw_weight, pw_weight, bias if bias is not None else pw_weight, y,
             c, h, w, co, ho, wo, p,
             *x.stride(), *y.stride(),
             STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
             RELU=relu, HAS_BIAS=bias is not None, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=cfg.num_warps,
+            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, ALIGN=align, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
         return y
@@ -392,7 +468,7 @@ class _SepHalfFunction(torch.autograd.Function):
         stride, pad, dil, relu, ho, wo, cfg = ctx.conf
         n, c, h, w = x.shape
         co = pw_weight.shape[0]
-        kh, kw = dw_weight.shape[-2:]
+        kh, kw = dw_weight.shape[:2]
         grad_x = torch.empty((n, c, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
         p = n * h * w
         if p == 0 or c == 0:
@@ -401,23 +477,24 @@ class _SepHalfFunction(torch.autograd.Function):
             return (grad_x.zero_(),) + (None,) * 8
         block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
         grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))
+        align = _alignment(c, x, grad_out, grad_x)
         if cfg.split:
             rows = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, co).to(pw_weight.dtype)  # a view if NHWC
-            with torch.autocast(x.device.type, enabled=False):
+            with _autocast_off(x.device):
                 grad_mid = torch.mm(rows, pw_weight)  # (N*Ho*Wo, C) row-major
-            _depthwise_bwd[grid](
+            _launch(_depthwise_bwd, grid,
                 x, grad_mid, dw_weight, grad_x, c, h, w, ho, wo, p, *x.stride(), *grad_x.stride(),
-                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu,
-                BLOCK_P=cfg.block_p, BLOCK_C=block_ci, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=block_ci,
+                ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
             return (grad_x,) + (None,) * 8
-        _sep_half_bwd[grid](
+        _launch(_sep_half_bwd, grid,
             x, grad_out, dw_weight, pw_weight, grad_x,
             c, h, w, co, ho, wo, p,
             *x.stride(), *grad_out.stride(), *grad_x.stride(),
             STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
             RELU=relu, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=cfg.num_warps,
+            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, ALIGN=align, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
         return (grad_x,) + (None,) * 8
@@ -437,10 +514,11 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
 
     Same signature and result as :func:`~robnets.acceleration.fast_robnet.torch_sep_half`; differentiable
     with respect to ``x`` only. ``forward_config`` / ``backward_config`` override the tile sizes and launch
-    settings of each kernel (default :data:`DEFAULT_CONFIG`; every configuration computes the same function).
+    settings of each kernel (default :data:`DEFAULT_FORWARD_CONFIG` / :data:`DEFAULT_BACKWARD_CONFIG`; every
+    configuration computes the same function).
     """
     _require_triton(x)
-    configs = (forward_config or DEFAULT_CONFIG, backward_config or DEFAULT_CONFIG)
+    configs = (forward_config or DEFAULT_FORWARD_CONFIG, backward_config or DEFAULT_BACKWARD_CONFIG)
     for cfg in configs:
         if not isinstance(cfg, KernelConfig):
             raise TypeError(f"kernel configurations are KernelConfig objects, got {type(cfg).__name__}")
@@ -463,7 +541,9 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
     dil = _square(depthwise.dilation, "dilation")
 
     dtype = x.dtype
-    dw_weight = depthwise.weight.detach().to(dtype).contiguous()
+    # (KH, KW, C): each tap's weights contiguous over channels, so a tile loads them as vectors (the (C, 1, KH, KW)
+    # layout puts them KH*KW elements apart: one scalar load per channel and tap).
+    dw_weight = depthwise.weight.detach().to(dtype)[:, 0].permute(1, 2, 0).contiguous()
     weight, bias = pointwise.parameters()
     pw_weight = weight.detach().reshape(weight.shape[0], c).to(dtype).contiguous()
     if bias is not None:
