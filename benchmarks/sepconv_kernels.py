@@ -9,9 +9,10 @@ Triton runs on CUDA only (the CPU interpreter is for correctness, not speed); on
     python benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 --dtype bf16 \\
         --configs sweep --json /tmp/out/sepconv.json
 
-``--configs``: ``none``, ``default`` (the library's forward and backward tilings), ``sweep`` (fifteen tilings
-that compile for sm_90 without register spills and with vector loads: fused forward and backward candidates and
-four ``-split`` ones, Triton depthwise + cuBLAS 1x1; see ``benchmarks/triton_static.py``) or a comma list of labels
+``--configs``: ``none``, ``default`` (the library's forward and backward tilings), ``sweep`` (fifteen tilings,
+each compiling for sm_90 without register spills and with vector loads in the direction it is a candidate for:
+fused forward and backward candidates and four ``-split`` ones, Triton depthwise + cuBLAS 1x1; see
+``benchmarks/triton_static.py``) or a comma list of labels
 such as ``p64-ci16-co64-w4-s2`` / ``...-split``. ``--shapes N`` keeps the N most frequent shapes (compilation
 costs ~1 s per shape and config on a GPU).
 """
@@ -19,14 +20,11 @@ costs ~1 s per shape and config on a GPU).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-from robnets.acceleration.sepconv_bench import kernel_configs, sep_half_shapes, summary_table, sweep
+from robnets.acceleration.sepconv_bench import kernel_configs, sep_half_shapes, summary_table, sweep, write_results
 
 
 def main() -> int:
@@ -67,12 +65,8 @@ def main() -> int:
     print()
     print(table)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"model": args.model, "batch_size": args.batch, "dtype": args.dtype, "device": name,
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
-        path.write_text(json.dumps({"meta": meta, "timings": [t.to_dict() for t in timings]}, indent=1))
-        path.with_suffix(".md").write_text(table + "\n")
+        meta = {"model": args.model, "batch_size": args.batch, "dtype": args.dtype, "device": name}
+        path = write_results(args.json, meta, "timings", [t.to_dict() for t in timings], table)
         print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 

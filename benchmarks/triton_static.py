@@ -17,14 +17,12 @@ clean ones is fastest still needs the GPU (``benchmarks/sepconv_kernels.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from robnets.acceleration.sepconv_bench import kernel_configs, sep_half_shapes
+from robnets.acceleration.sepconv_bench import kernel_configs, sep_half_shapes, write_results
 from robnets.acceleration.triton_static import analyse, resource_table, static_analysis_available
 
 
@@ -46,6 +44,8 @@ def main() -> int:
         configs = kernel_configs(args.configs)
     except ValueError as exc:
         raise SystemExit(f"error: --configs: {exc}") from None
+    if args.configs == "default":
+        configs = [tuple(configs)]  # the default forward tiling for the forward, the backward one for the backward
     directions = tuple(d.strip() for d in args.directions.split(",") if d.strip())
     if not directions or any(d not in ("forward", "backward") for d in directions):
         raise SystemExit(f"error: --directions takes forward, backward or forward,backward; got {args.directions!r}")
@@ -67,18 +67,11 @@ def main() -> int:
     print()
     print(table)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"model": args.model, "batch_size": args.batch, "dtype": args.dtype, "arch": args.arch,
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
-        try:
-            import triton
+        import triton
 
-            meta["triton"] = triton.__version__
-        except ImportError:  # pragma: no cover - static_analysis_available checked it
-            pass
-        path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        path.with_suffix(".md").write_text(table + "\n")
+        meta = {"model": args.model, "batch_size": args.batch, "dtype": args.dtype, "arch": args.arch,
+                "triton": triton.__version__}
+        path = write_results(args.json, meta, "rows", rows, table)
         print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 

@@ -491,3 +491,17 @@ def test_sep_half_shapes_list_every_separable_conv_half_of_a_forward():
     said = []
     assert sweep(tiny, torch.device("cpu"), iters=1, log=said.append, budget_s=0.0) == []  # a spent budget
     assert said and "time budget" in said[0]
+
+
+def test_benchmark_results_are_written_as_json_and_a_table(tmp_path):
+    """benchmarks/sepconv_kernels.py and triton_static.py write their rows as JSON with the run's facts and the
+    table beside it."""
+    import json
+
+    from robnets.acceleration.sepconv_bench import write_results
+
+    path = write_results(tmp_path / "new" / "run.json", {"model": "robnet_free"}, "rows", [{"a": 1}], "| t |")
+    data = json.loads(path.read_text())
+    assert data["rows"] == [{"a": 1}] and data["meta"]["model"] == "robnet_free"
+    assert data["meta"]["torch"] == torch.__version__ and data["meta"]["date"]
+    assert path.with_suffix(".md").read_text() == "| t |\n"

@@ -1,11 +1,14 @@
 #!/bin/bash
-# Issue 3, the next GPU session, one call (no data to carry; stages capped at 560 s in all). Name
+# Issue 3, the next GPU session, one call (no data to carry; stages capped at 550 s in all). Name
 # nvidia-h100-x1 when status allows: the issue's targets are H100 ratios.
 #  1. the default fast path against the plain one, robnet_free, forward / PGD-20 / PGD-7 step, fp32 (the H100 table);
 #  2. compiled + bf16 PGD-20 and PGD-7 step: the weight update is now compiled too (train.compile /
 #     compile_for_training; it took ~40 % of the compiled bf16 step on the H200 when it ran eagerly);
 #  3. the separable-conv halves shape by shape, bf16: cuDNN against a sweep of Triton tilings
-#     (benchmarks/sepconv_kernels.py) - which tiling, if any, comes near memory speed.
+#     (benchmarks/sepconv_kernels.py) - which tiling, if any, comes near memory speed. Every swept tiling
+#     compiles for sm_90, in the direction it is a candidate for, without register spills and with vector
+#     loads (benchmarks/triton_static.py, checked on the CPU);
+#  4. the Triton engine end to end with its default tilings, bf16 PGD-20 (the old kernels: 0.24x in fp32).
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -13,14 +16,17 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 echo "== 1. default fast path vs plain, fp32"
-timeout ${DEFAULT_T:-80} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 4 \
+timeout ${DEFAULT_T:-70} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 4 \
   --out "$OUT/default" 2>&1 | tail -8
 echo "== 2. compiled (attack engine and weight update) + bf16"
-timeout ${COMPILE_T:-300} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 \
+timeout ${COMPILE_T:-270} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 \
   --iters 4 --workloads pgd20,train_pgd7 --out "$OUT/compile-bf16" 2>&1 | tail -8
 echo "== 3. separable-conv halves: cuDNN vs Triton tilings, bf16"
-timeout ${KERNELS_T:-170} python3 benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 \
-  --dtype bf16 --configs sweep --shapes ${SHAPES:-3} --iters 10 --budget-s $(( ${KERNELS_T:-170} - 25 )) \
+timeout ${KERNELS_T:-150} python3 benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 \
+  --dtype bf16 --configs sweep --shapes ${SHAPES:-3} --iters 10 --budget-s $(( ${KERNELS_T:-150} - 25 )) \
   --json "$OUT/sepconv-bf16.json" 2>&1 | tail -80
+echo "== 4. Triton engine (default tilings), bf16 PGD-20"
+ROBNETS_FAST_KERNELS=triton timeout ${TRITON_T:-60} python3 benchmarks/throughput.py --device cuda --models robnet_free \
+  --bf16 --iters 2 --workloads pgd20 --out "$OUT/triton-bf16" 2>&1 | tail -6
 } 2>&1 | tee "$OUT/issue3_next.log"
 rm -f "$OUT"/*/*.md  # at most 8 files come back; the tables are in the log, the numbers in the JSON

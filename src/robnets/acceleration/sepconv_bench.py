@@ -10,10 +10,12 @@ tiling comes closest to memory speed and what the whole step would cost (``bench
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +26,8 @@ from .folding import FoldedConv
 
 
 # Tilings benchmarks/sepconv_kernels.py sweeps (each timed forward and backward; the summary takes the best of
-# each direction). All compile for sm_90 at robnet_free's shapes without register spills and with vector loads
+# each direction). Each compiles for sm_90 at robnet_free's shapes (bf16) without register spills and with vector
+# loads in the direction it is a candidate for
 # (benchmarks/triton_static.py, results/triton-static.md): fused forward candidates (16-channel chunks, 1-3
 # stages, 64-256 output channels per program), fused backward candidates (16-64 channels per program, 16-32
 # output channels per reduction chunk) and four split ones (Triton depthwise + cuBLAS 1x1).
@@ -235,3 +238,14 @@ def summary_table(timings: Sequence[KernelTiming]) -> str:
                  f"{totals['torch'] / 1e3:.2f} ms" + (f", best Triton configs {totals['triton'] / 1e3:.2f} ms"
                                                      if totals["triton"] else ""))
     return "\n".join(lines)
+
+
+def write_results(path: str | Path, meta: dict, key: str, items: list, table: str) -> Path:
+    """A benchmark's results: ``path`` as JSON (``meta`` plus ``items`` under ``key``) and the table beside it
+    (``.md``), folders created. Returns the JSON path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+    path.write_text(json.dumps({"meta": meta, key: items}, indent=1))
+    path.with_suffix(".md").write_text(table + "\n")
+    return path

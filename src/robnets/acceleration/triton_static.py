@@ -186,18 +186,20 @@ def occupancy_blocks(registers: int, num_warps: int, shared_bytes: int) -> int:
     return max(0, min(by_registers, by_warps, by_shared, _SM90["max_blocks"]))
 
 
-def analyse(shapes: Sequence[SepHalfShape], configs: Sequence[KernelConfig], dtype: torch.dtype,
+def analyse(shapes: Sequence[SepHalfShape], configs: Sequence[KernelConfig | tuple], dtype: torch.dtype,
             arch: int = 90, precision: str = "tf32", directions: Sequence[str] = ("forward", "backward"),
             progress=None) -> list[dict]:  # noqa: ANN001
-    """For each shape and configuration (used for the forward and the backward): one row per Triton kernel
-    of the ``directions`` asked for."""
+    """For each shape and configuration: one row per Triton kernel of the ``directions`` asked for. A
+    configuration is a KernelConfig (used for the forward and the backward) or a (forward, backward) pair."""
     rows = []
     for shape in shapes:
         for cfg in configs:
-            for direction, launch in record_sep_half_launches(shape, dtype, cfg, cfg):
+            pair = cfg if isinstance(cfg, tuple) else (cfg, cfg)
+            for direction, launch in record_sep_half_launches(shape, dtype, *pair):
                 if direction not in directions:
                     continue
-                res = resources(compile_launch(launch, arch, precision), direction, cfg.label())
+                used = pair[0] if direction == "forward" else pair[1]
+                res = resources(compile_launch(launch, arch, precision), direction, used.label())
                 rows.append({"shape": shape.label(), "count": shape.count, "grid": list(launch.grid), **res.as_dict()})
                 if progress is not None:
                     progress(rows[-1])
