@@ -1,6 +1,7 @@
 #!/bin/bash
 # Issue 3, the next GPU session, one call (no data to carry; stages capped at 550 s in all). Name
 # nvidia-h100-x1 when status allows: the issue's targets are H100 ratios.
+#  0. the CUDA correctness test of the Triton kernels (rewritten without a GPU, sixth session);
 #  1. the default fast path against the plain one, robnet_free, forward / PGD-20 / PGD-7 step, fp32 (the H100 table);
 #  2. compiled + bf16 PGD-20 and PGD-7 step: the weight update is now compiled too (train.compile /
 #     compile_for_training; it took ~40 % of the compiled bf16 step on the H200 when it ran eagerly);
@@ -15,15 +16,18 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+echo "== 0. the rewritten Triton kernels against PyTorch on CUDA (first: a wrong alignment hint would fault)"
+timeout ${CHECK_T:-60} python3 -m pytest -q -rf --tb=short -p no:cacheprovider -k cuda tests/test_triton_kernels.py \
+  2>&1 | tail -5
 echo "== 1. default fast path vs plain, fp32"
-timeout ${DEFAULT_T:-70} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 4 \
+timeout ${DEFAULT_T:-60} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 4 \
   --out "$OUT/default" 2>&1 | tail -8
 echo "== 2. compiled (attack engine and weight update) + bf16"
-timeout ${COMPILE_T:-270} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 \
+timeout ${COMPILE_T:-230} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 \
   --iters 4 --workloads pgd20,train_pgd7 --out "$OUT/compile-bf16" 2>&1 | tail -8
 echo "== 3. separable-conv halves: cuDNN vs Triton tilings, bf16"
-timeout ${KERNELS_T:-150} python3 benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 \
-  --dtype bf16 --configs sweep --shapes ${SHAPES:-3} --iters 10 --budget-s $(( ${KERNELS_T:-150} - 25 )) \
+timeout ${KERNELS_T:-140} python3 benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 \
+  --dtype bf16 --configs sweep --shapes ${SHAPES:-3} --iters 10 --budget-s $(( ${KERNELS_T:-140} - 25 )) \
   --json "$OUT/sepconv-bf16.json" 2>&1 | tail -80
 echo "== 4. Triton engine (default tilings), bf16 PGD-20"
 ROBNETS_FAST_KERNELS=triton timeout ${TRITON_T:-60} python3 benchmarks/throughput.py --device cuda --models robnet_free \
