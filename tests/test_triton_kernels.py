@@ -210,6 +210,41 @@ def _run_fast_robnet_split():
             "split": engine._half.keywords["forward_config"].split}
 
 
+def _run_fast_robnet_compiled():
+    """FastRobNet with the Triton kernels through torch.compile (aot_eager: Dynamo and AOTAutograd capture one
+    graph, the kernels run as opaque robnets:: operators) against the same engine run eagerly."""
+    import robnets
+    import robnets.acceleration.triton_sepconv as kernels_module
+    from robnets.acceleration import FastRobNet
+    from robnets.acceleration.numerics import logits_and_input_grad
+
+    torch.manual_seed(0)
+    genotype = "_".join(str(robnets.models.ROBNET_FREE).split("_")[:3])
+    model = robnets.create_model("robnet", genotype=genotype, C=4, layers=3).eval()
+    x, y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([5])
+    eager = FastRobNet(model, kernels="triton")
+    compiled = FastRobNet(model, kernels="triton", compile="aot_eager")
+    ref_logits, ref_grad = logits_and_input_grad(eager, x, y)
+    calls = {"forward": 0, "input_grad": 0}
+    forward, input_grad = kernels_module._forward, kernels_module._input_grad
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    kernels_module._forward = counting("forward", forward)
+    kernels_module._input_grad = counting("input_grad", input_grad)
+    try:
+        logits, grad = logits_and_input_grad(compiled, x, y)  # fullgraph=True: a graph break would raise
+    finally:
+        kernels_module._forward, kernels_module._input_grad = forward, input_grad
+    return {"shape_ok": logits.shape == ref_logits.shape, "dtype_ok": True, "channels_last": True,
+            "out_err": _rel(logits, ref_logits), "grad_err": _rel(grad, ref_grad), "calls": calls,
+            "halves": sum(2 for m in model.modules() if type(m).__name__ == "SepConv")}
+
+
 def _run_misc():
     """Argument validation and the no-grad path."""
     from robnets.acceleration.triton_sepconv import triton_available, triton_sep_half
@@ -240,7 +275,7 @@ def _interpreter_main():
         except Exception as exc:  # noqa: BLE001 - reported per case by the tests
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
     for name, fn in (("fast_robnet", _run_fast_robnet), ("fast_robnet_split", _run_fast_robnet_split),
-                     ("misc", _run_misc)):
+                     ("fast_robnet_compiled", _run_fast_robnet_compiled), ("misc", _run_misc)):
         try:
             results[name] = fn()
         except Exception as exc:  # noqa: BLE001
@@ -306,6 +341,16 @@ def test_interpreted_fast_robnet_with_split_kernels_from_the_environment(interpr
     assert "fast_robnet_split" not in interpreted["errors"], interpreted["errors"].get("fast_robnet_split")
     assert interpreted["fast_robnet_split"]["split"]
     _check(interpreted["fast_robnet_split"], FP32_TOL)
+
+
+def test_interpreted_fast_robnet_with_triton_kernels_compiles_as_one_graph(interpreted):
+    """torch.compile of the Triton engine: every separable-conv half runs the kernels (as robnets:: operators)
+    inside the captured graph, forward and input gradient, with the eager engine's numbers."""
+    assert "fast_robnet_compiled" not in interpreted["errors"], interpreted["errors"].get("fast_robnet_compiled")
+    result = interpreted["fast_robnet_compiled"]
+    assert result["halves"] > 0
+    assert result["calls"] == {"forward": result["halves"], "input_grad": result["halves"]}, result
+    assert result["out_err"] < 1e-6 and result["grad_err"] < 1e-6, result
 
 
 def test_interpreted_fast_robnet_with_triton_kernels_matches_torch_kernels(interpreted):

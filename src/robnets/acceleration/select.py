@@ -122,9 +122,6 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
         kernels = kernels_from_environment() or "torch"
     if compile is None:
         compile = compile_from_environment()
-    if compile and kernels == "triton":
-        raise RobnetsError("ROBNETS_COMPILE=1 compiles the PyTorch kernels and does not combine with Triton "
-                           "kernels; unset one of ROBNETS_COMPILE and ROBNETS_FAST_KERNELS=triton")
     if kernels == "triton" and not triton_usable(device):
         raise RobnetsError(f"Triton kernels were asked for but cannot run on {device} (they need Triton and a CUDA "
                            "GPU); unset ROBNETS_FAST_KERNELS or use kernels='torch'")
@@ -132,10 +129,10 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
     description = f"fast (zero edges skipped, BatchNorm folded, shared ReLUs, {layout}, {kernels} kernels"
     if compile:
         engines = _COMPILED_ENGINES.setdefault(model, {})
-        fast = engines.get(channels_last)
+        fast = engines.get((channels_last, kernels))
         if fast is None:
-            fast = engines[channels_last] = FastRobNet(model, channels_last=channels_last,
-                                                       compile=compile_backend_from_environment())
+            fast = engines[(channels_last, kernels)] = FastRobNet(model, channels_last=channels_last, kernels=kernels,
+                                                                  compile=compile_backend_from_environment())
         return fast.train(model.training), description + ", torch.compile)"
     fast = FastRobNet(model, channels_last=channels_last, kernels=kernels).train(model.training)
     return fast, description + ")"

@@ -27,6 +27,10 @@ convolutions may (``torch.backends.cudnn.allow_tf32``, which the reference ``F.c
 otherwise and always under the interpreter; bf16/fp16 inputs round the depthwise result to the input dtype
 before the pointwise product (as the reference does) and return the input dtype. The output is channels-last.
 
+Under ``torch.compile`` the same launches run as opaque operators, ``robnets::triton_sep_half`` and
+``robnets::triton_sep_half_input_grad`` (Dynamo cannot trace a launch from Python), so Inductor fuses the
+element-wise work around them.
+
 Triton is optional: importing this module never fails; calling the kernels without Triton (or without CUDA and
 without ``TRITON_INTERPRET=1``) raises a clear :class:`RuntimeError`.
 """
@@ -39,6 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -375,7 +380,7 @@ def _require_triton(x: torch.Tensor) -> None:
     if triton is None:
         raise RuntimeError(f"triton_sep_half needs Triton, which could not be imported ({_TRITON_IMPORT_ERROR!r}); "
                            "install triton or use kernels='torch'")
-    if x.device.type != "cuda" and not _interpreting() and _RECORDER.get() is None:
+    if x.device.type != "cuda" and not _interpreting():
         raise RuntimeError(f"triton_sep_half runs on CUDA tensors (got a {x.device.type} tensor); CPU tensors "
                            "work only under the Triton interpreter (TRITON_INTERPRET=1 set before importing triton)")
 
@@ -414,90 +419,157 @@ def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
+def _forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, bias: torch.Tensor | None,
+             stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig) -> torch.Tensor:
+    """The forward kernel launch(es): (ReLU) -> depthwise -> pointwise + bias, channels-last output."""
+    n, c, h, w = x.shape
+    co = pw_weight.shape[0]
+    kh, kw = dw_weight.shape[:2]
+    ho, wo = _out_size(h, kh, stride, pad, dil), _out_size(w, kw, stride, pad, dil)
+    y = torch.empty((n, co, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    p = n * ho * wo
+    if p == 0 or co == 0:
+        return y
+    if c == 0:
+        return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
+    block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
+    align = _alignment(c, x, y)
+    if cfg.split:
+        mid = torch.empty((p, c), device=x.device, dtype=x.dtype)  # channels-last (N, Ho, Wo, C) rows
+        _launch(_depthwise_fwd, (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci)),
+            x, dw_weight, mid, c, h, w, ho, wo, p, *x.stride(),
+            STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=block_ci,
+            ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        rows = y.permute(0, 2, 3, 1).view(p, co)  # y's channels-last storage as a (P, CO) matrix
+        with _autocast_off(x.device):  # the GEMM in the input's dtype, as documented
+            if bias is not None:
+                torch.addmm(bias, mid, pw_weight.t(), out=rows)
+            else:
+                torch.mm(mid, pw_weight.t(), out=rows)
+        return y
+    grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(co, block_co))
+    _launch(_sep_half_fwd, grid,
+        x, dw_weight, pw_weight, bias if bias is not None else pw_weight, y,
+        c, h, w, co, ho, wo, p,
+        *x.stride(), *y.stride(),
+        STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
+        RELU=relu, HAS_BIAS=bias is not None, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
+        BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, ALIGN=align, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return y
+
+
+def _input_grad(grad_out: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
+                stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig) -> torch.Tensor:
+    """The backward kernel launch(es): the gradient with respect to ``x`` (channels-last)."""
+    n, c, h, w = x.shape
+    co = pw_weight.shape[0]
+    ho, wo = grad_out.shape[-2:]
+    kh, kw = dw_weight.shape[:2]
+    grad_x = torch.empty((n, c, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    p = n * h * w
+    if p == 0 or c == 0:
+        return grad_x
+    if co == 0:
+        return grad_x.zero_()
+    block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
+    grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))
+    align = _alignment(c, x, grad_out, grad_x)
+    if cfg.split:
+        rows = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, co).to(pw_weight.dtype)  # a view if NHWC
+        with _autocast_off(x.device):
+            grad_mid = torch.mm(rows, pw_weight)  # (N*Ho*Wo, C) row-major
+        _launch(_depthwise_bwd, grid,
+            x, grad_mid, dw_weight, grad_x, c, h, w, ho, wo, p, *x.stride(), *grad_x.stride(),
+            STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=block_ci,
+            ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return grad_x
+    _launch(_sep_half_bwd, grid,
+        x, grad_out, dw_weight, pw_weight, grad_x,
+        c, h, w, co, ho, wo, p,
+        *x.stride(), *grad_out.stride(), *grad_x.stride(),
+        STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
+        RELU=relu, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
+        BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, ALIGN=align, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return grad_x
+
+
 class _SepHalfFunction(torch.autograd.Function):
-    """Fused forward; backward returns the gradient w.r.t. the input only (weights are detached views)."""
+    """Eager autograd: the fused forward; the backward returns the gradient w.r.t. the input only (the weights
+    are detached folded views)."""
 
     @staticmethod
     def forward(ctx, x, dw_weight, pw_weight, bias, stride, pad, dil, relu, configs):  # noqa: ANN001, ANN205
-        n, c, h, w = x.shape
-        co = pw_weight.shape[0]
-        kh, kw = dw_weight.shape[:2]
-        ho, wo = _out_size(h, kh, stride, pad, dil), _out_size(w, kw, stride, pad, dil)
-        y = torch.empty((n, co, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
         ctx.save_for_backward(x, dw_weight, pw_weight)
-        ctx.conf = (stride, pad, dil, relu, ho, wo, configs[1])
-        cfg = configs[0]
-        p = n * ho * wo
-        if p == 0 or co == 0:
-            return y
-        if c == 0:
-            return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
-        block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
-        align = _alignment(c, x, y)
-        if cfg.split:
-            mid = torch.empty((p, c), device=x.device, dtype=x.dtype)  # channels-last (N, Ho, Wo, C) rows
-            _launch(_depthwise_fwd, (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci)),
-                x, dw_weight, mid, c, h, w, ho, wo, p, *x.stride(),
-                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=block_ci,
-                ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            )
-            rows = y.permute(0, 2, 3, 1).view(p, co)  # y's channels-last storage as a (P, CO) matrix
-            with _autocast_off(x.device):  # the GEMM in the input's dtype, as documented
-                if bias is not None:
-                    torch.addmm(bias, mid, pw_weight.t(), out=rows)
-                else:
-                    torch.mm(mid, pw_weight.t(), out=rows)
-            return y
-        grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(co, block_co))
-        _launch(_sep_half_fwd, grid,
-            x, dw_weight, pw_weight, bias if bias is not None else pw_weight, y,
-            c, h, w, co, ho, wo, p,
-            *x.stride(), *y.stride(),
-            STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
-            RELU=relu, HAS_BIAS=bias is not None, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, ALIGN=align, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
-        return y
+        ctx.conf = (stride, pad, dil, relu, configs[1])
+        return _forward(x, dw_weight, pw_weight, bias, stride, pad, dil, relu, configs[0])
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         if not ctx.needs_input_grad[0]:
             return (None,) * 9
         x, dw_weight, pw_weight = ctx.saved_tensors
-        stride, pad, dil, relu, ho, wo, cfg = ctx.conf
-        n, c, h, w = x.shape
-        co = pw_weight.shape[0]
+        return (_input_grad(grad_out, x, dw_weight, pw_weight, *ctx.conf),) + (None,) * 8
+
+
+@lru_cache(maxsize=None)
+def _config(label: str) -> KernelConfig:
+    return KernelConfig.from_label(label)
+
+
+def _define_custom_ops() -> None:
+    """The same launches as opaque PyTorch operators, for ``torch.compile``: Dynamo cannot trace a Triton launch
+    from Python (it reads data pointers), so under compilation :func:`triton_sep_half` calls
+    ``torch.ops.robnets.triton_sep_half`` (shapes from a fake implementation, the input gradient through
+    ``robnets::triton_sep_half_input_grad``) and Inductor fuses the element-wise work around the kernels.
+    Defined once per process (a second definition of a ``robnets::`` operator is an error)."""
+    if hasattr(torch.ops.robnets, "triton_sep_half"):
+        return
+
+    @torch.library.custom_op("robnets::triton_sep_half", mutates_args=())
+    def sep_half(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, bias: torch.Tensor | None,
+                 stride: int, pad: int, dil: int, relu: bool, forward_config: str,
+                 backward_config: str) -> torch.Tensor:
+        return _forward(x, dw_weight, pw_weight, bias, stride, pad, dil, relu, _config(forward_config))
+
+    @sep_half.register_fake
+    def _(x, dw_weight, pw_weight, bias, stride, pad, dil, relu, forward_config, backward_config):  # noqa: ANN001, ANN202, ARG001
+        n, _, h, w = x.shape
         kh, kw = dw_weight.shape[:2]
-        grad_x = torch.empty((n, c, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-        p = n * h * w
-        if p == 0 or c == 0:
-            return (grad_x,) + (None,) * 8
-        if co == 0:
-            return (grad_x.zero_(),) + (None,) * 8
-        block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
-        grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))
-        align = _alignment(c, x, grad_out, grad_x)
-        if cfg.split:
-            rows = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, co).to(pw_weight.dtype)  # a view if NHWC
-            with _autocast_off(x.device):
-                grad_mid = torch.mm(rows, pw_weight)  # (N*Ho*Wo, C) row-major
-            _launch(_depthwise_bwd, grid,
-                x, grad_mid, dw_weight, grad_x, c, h, w, ho, wo, p, *x.stride(), *grad_x.stride(),
-                STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw, RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=block_ci,
-                ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            )
-            return (grad_x,) + (None,) * 8
-        _launch(_sep_half_bwd, grid,
-            x, grad_out, dw_weight, pw_weight, grad_x,
-            c, h, w, co, ho, wo, p,
-            *x.stride(), *grad_out.stride(), *grad_x.stride(),
-            STRIDE=stride, PAD=pad, DIL=dil, KH=kh, KW=kw,
-            RELU=relu, PRECISION=_precision(x), UPCAST_DOT=_upcast_dot(x),
-            BLOCK_P=cfg.block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, ALIGN=align, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
-        return (grad_x,) + (None,) * 8
+        shape = (n, pw_weight.shape[0], _out_size(h, kh, stride, pad, dil), _out_size(w, kw, stride, pad, dil))
+        return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+    @torch.library.custom_op("robnets::triton_sep_half_input_grad", mutates_args=())
+    def input_grad(grad_out: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
+                   stride: int, pad: int, dil: int, relu: bool, backward_config: str) -> torch.Tensor:
+        return _input_grad(grad_out, x, dw_weight, pw_weight, stride, pad, dil, relu, _config(backward_config))
+
+    @input_grad.register_fake
+    def _(grad_out, x, dw_weight, pw_weight, stride, pad, dil, relu, backward_config):  # noqa: ANN001, ANN202, ARG001
+        return torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN202, ARG001
+        x, dw_weight, pw_weight, _bias, stride, pad, dil, relu, _forward_config, backward_config = inputs
+        ctx.save_for_backward(x, dw_weight, pw_weight)
+        ctx.conf = (stride, pad, dil, relu, backward_config)
+
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN202
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            x, dw_weight, pw_weight = ctx.saved_tensors
+            grad_x = torch.ops.robnets.triton_sep_half_input_grad(grad_out, x, dw_weight, pw_weight, *ctx.conf)
+        return (grad_x,) + (None,) * 9
+
+    sep_half.register_autograd(backward, setup_context=setup_context)
+
+
+if triton is not None:
+    _define_custom_ops()
 
 
 def _square(value, name: str) -> int:  # noqa: ANN001
@@ -544,7 +616,8 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
     # (KH, KW, C): each tap's weights contiguous over channels, so a tile loads them as vectors (the (C, 1, KH, KW)
     # layout puts them KH*KW elements apart: one scalar load per channel and tap).
     dw_weight = depthwise.weight.detach().to(dtype)[:, 0].permute(1, 2, 0).contiguous()
-    weight, bias = pointwise.parameters()
+    # compiled regions read the folded tensors as refreshed eagerly for this call (FoldedConv.cached)
+    weight, bias = pointwise.cached() if torch.compiler.is_compiling() else pointwise.parameters()
     pw_weight = weight.detach().reshape(weight.shape[0], c).to(dtype).contiguous()
     if bias is not None:
         bias = bias.detach().to(dtype).contiguous()
@@ -554,4 +627,7 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
                 raise ValueError(f"weights on {t.device}, input on {x.device}")
     if relu:
         observe_relu_input(x)  # lets numerics.compare_with_float64 see the ReLU applied inside the kernel
+    if torch.compiler.is_compiling():
+        return torch.ops.robnets.triton_sep_half(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu),
+                                                 configs[0].label(), configs[1].label())
     return _SepHalfFunction.apply(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu), configs)

@@ -84,19 +84,18 @@ def record_sep_half_launches(shape: SepHalfShape, dtype: torch.dtype, forward_co
                              backward_config: KernelConfig) -> list[tuple[str, KernelLaunch]]:
     """The Triton launches (``("forward" | "backward", launch)``) of one separable-conv half's forward and
     input gradient, recorded on meta tensors with the engine's channels-last layout."""
-    from .triton_sepconv import _SepHalfFunction
+    from .triton_sepconv import _forward, _input_grad
 
     cl = torch.channels_last
     x = torch.empty(shape.n, shape.c, shape.h, shape.w, device="meta", dtype=dtype, memory_format=cl)
-    x.requires_grad_(True)
     dw = torch.empty(3, 3, shape.c, device="meta", dtype=dtype)  # (KH, KW, C), as triton_sep_half passes it
     pw = torch.empty(shape.c_out, shape.c, device="meta", dtype=dtype)
     bias = torch.empty(shape.c_out, device="meta", dtype=dtype)
     with recording_launches() as launches:
-        y = _SepHalfFunction.apply(x, dw, pw, bias, shape.stride, 1, 1, shape.relu, (forward_config, backward_config))
+        y = _forward(x, dw, pw, bias, shape.stride, 1, 1, shape.relu, forward_config)
         n_forward = len(launches)
         grad_out = torch.empty(y.shape, device="meta", dtype=dtype, memory_format=cl)
-        torch.autograd.grad(y, x, grad_out)
+        _input_grad(grad_out, x, dw, pw, shape.stride, 1, 1, shape.relu, backward_config)
     return [("forward" if i < n_forward else "backward", launch) for i, launch in enumerate(launches)]
 
 
