@@ -255,6 +255,12 @@ def _run_misc():
     with torch.no_grad():
         checks["no_grad"] = _rel(triton_sep_half(x, depthwise, pointwise, True),
                                  torch_sep_half(x, depthwise, pointwise, True)) < FP32_TOL
+    # the gradient of a sum arrives expanded (all strides 0); 12 output channels are not a multiple of 8
+    depthwise12, pointwise12 = _make_half(8, 12)
+    xg = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(triton_sep_half(xg, depthwise12, pointwise12, True).sum(), xg)
+    (grad_ref,) = torch.autograd.grad(torch_sep_half(xg, depthwise12, pointwise12, True).sum(), xg)
+    checks["expanded_grad"] = _rel(grad, grad_ref) < FP32_TOL
     grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)
     try:
         triton_sep_half(x, grouped, pointwise, True)
@@ -363,7 +369,7 @@ def test_interpreted_fast_robnet_with_triton_kernels_matches_torch_kernels(inter
 
 def test_interpreted_validation_and_no_grad(interpreted):
     assert "misc" not in interpreted["errors"], interpreted["errors"].get("misc")
-    assert interpreted["misc"] == {"available": True, "no_grad": True, "rejects_grouped": True}
+    assert interpreted["misc"] == {"available": True, "no_grad": True, "expanded_grad": True, "rejects_grouped": True}
 
 
 def test_module_imports_without_triton(monkeypatch):

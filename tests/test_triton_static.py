@@ -37,17 +37,20 @@ def test_alignment_is_the_power_of_two_dividing_channels_and_pixel_strides():
 
     cl = torch.channels_last
     x72 = torch.empty(2, 72, 16, 16, device="meta", memory_format=cl)
-    assert _alignment(72, x72) == 8  # strides 18432, 1152, 72: 72 = 8 * 9
+    assert _alignment((72, 72), x72) == 8  # strides 18432, 1152, 72: 72 = 8 * 9
     x144 = torch.empty(2, 144, 8, 8, device="meta", memory_format=cl)
-    assert _alignment(144, x144) == 16  # capped at 16
+    assert _alignment((144, 144), x144) == 16  # capped at 16
+    assert _alignment((144, 36), x144) == 4  # the output channels count too
     x36 = torch.empty(2, 36, 32, 32, device="meta", memory_format=cl)
-    assert _alignment(36, x36) == 4
-    assert _alignment(72, torch.empty(2, 72, 7, 7, device="meta")) == 1  # NCHW: the W stride is 1
+    assert _alignment((36,), x36) == 4
+    assert _alignment((72,), torch.empty(2, 72, 7, 7, device="meta")) == 1  # NCHW: the W stride is 1
     sliced = torch.empty(2, 48, 8, 8, device="meta", memory_format=cl)[:, ::2]  # 24 channels, stride 2
-    assert _alignment(24, sliced) == 8 and _alignment(24, sliced, x36) == 4
+    assert _alignment((24,), sliced) == 8 and _alignment((24,), sliced, x36) == 4
+    expanded = torch.empty(1, 1, 1, 1, device="meta").expand(2, 12, 8, 8)  # e.g. the gradient of a sum: strides 0
+    assert _alignment((8, 12), expanded) == 4
     # every pixel offset and every weight row is then a multiple of it
     for t, c in ((x72, 72), (x144, 144), (sliced, 24)):
-        a = _alignment(c, t)
+        a = _alignment((c,), t)
         assert c % a == 0 and all(t.stride(d) % a == 0 for d in (0, 2, 3))
 
 

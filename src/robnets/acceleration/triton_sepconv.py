@@ -403,12 +403,14 @@ def _autocast_off(device: torch.device):  # noqa: ANN202
     return nullcontext() if device.type == "meta" else torch.autocast(device.type, enabled=False)
 
 
-def _alignment(channels: int, *tensors: torch.Tensor) -> int:
-    """The largest power of two (at most 16) dividing ``channels`` and every pixel stride (N, H, W) of the
-    tensors: every pixel's offset in a kernel, and every row of a (rows, C) weight or scratch matrix, is then a
-    multiple of it. The kernels pass it to Triton (``tl.multiple_of``), which otherwise knows only which
-    integers are multiples of 16 and loads e.g. 72-channel rows one element at a time instead of in vectors."""
-    values = [channels] + [t.stride(d) for t in tensors for d in (0, 2, 3)]
+def _alignment(channels: tuple[int, ...], *tensors: torch.Tensor) -> int:
+    """The largest power of two (at most 16) dividing the channel counts (input and output: the kernels state
+    both as multiples of it) and every pixel stride (N, H, W) of the tensors: every pixel's offset in a kernel,
+    and every row of a (rows, C) weight or scratch matrix, is then a multiple of it. The kernels pass it to
+    Triton (``tl.multiple_of``), which otherwise knows only which integers are multiples of 16 and loads e.g.
+    72-channel rows one element at a time instead of in vectors. (A stride can be 0, e.g. an expanded
+    gradient: the channel counts are listed for themselves, not only through a channels-last stride.)"""
+    values = list(channels) + [t.stride(d) for t in tensors for d in (0, 2, 3)]
     align = 16
     while align > 1 and any(v % align for v in values):
         align //= 2
@@ -433,7 +435,7 @@ def _forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, 
     if c == 0:
         return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
     block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
-    align = _alignment(c, x, y)
+    align = _alignment((c, co), x, y)
     if cfg.split:
         mid = torch.empty((p, c), device=x.device, dtype=x.dtype)  # channels-last (N, Ho, Wo, C) rows
         _launch(_depthwise_fwd, (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci)),
@@ -476,7 +478,7 @@ def _input_grad(grad_out: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor
         return grad_x.zero_()
     block_ci, block_co = _channel_block(c, cfg.block_ci), _channel_block(co, cfg.block_co)
     grid = (triton.cdiv(p, cfg.block_p), triton.cdiv(c, block_ci))
-    align = _alignment(c, x, grad_out, grad_x)
+    align = _alignment((c, co), x, grad_out, grad_x)
     if cfg.split:
         rows = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, co).to(pw_weight.dtype)  # a view if NHWC
         with _autocast_off(x.device):
