@@ -72,6 +72,11 @@ EXTRA_CASES = {
                                         dtype="bfloat16", configs=(dict(split=True), dict(split=True))),
     "split-fwd-only-C12-s1-6x6-relu-sliced": dict(c=12, stride=1, hw=(6, 6), relu=True, layout="sliced",
                                                   configs=(dict(split=True), dict())),
+    # channels-last output gradients (as in the engine): 72 channels give the alignment hint 8, 12 give 4
+    "C72-s1-5x5-relu-grad-cl": dict(c=72, stride=1, hw=(5, 5), relu=True, layout="channels_last", n=1,
+                                    grad_channels_last=True),
+    "split-C12-s2-7x7-relu-grad-cl": dict(c=12, stride=2, hw=(7, 7), relu=True, layout="channels_last",
+                                          grad_channels_last=True, configs=(dict(split=True), dict(split=True))),
     # bfloat16: fp32 accumulation, bf16 output and gradient
     "bf16-C12-s2-7x7-relu": dict(c=12, stride=2, hw=(7, 7), relu=True, layout="channels_last", dtype="bfloat16"),
     "bf16-C8-s1-8x8-norelu": dict(c=8, stride=1, hw=(8, 8), relu=False, layout="nchw", dtype="bfloat16"),
@@ -122,12 +127,15 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def _compare(x, depthwise, pointwise, relu, half, seed=2):
-    """Relative errors of the output and of the gradient of a random weighted sum w.r.t. the input."""
+def _compare(x, depthwise, pointwise, relu, half, seed=2, grad_channels_last=False):
+    """Relative errors of the output and of the gradient of a random weighted sum w.r.t. the input (the output
+    gradient NCHW, or channels-last as the engine passes it: then the kernels' alignment hint exceeds 1)."""
     x = x.detach().requires_grad_(True)
     out = half(x, depthwise, pointwise, relu)
     ref = torch_sep_half(x, depthwise, pointwise, relu)
     weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, torch.float32)
+    if grad_channels_last:
+        weights = weights.contiguous(memory_format=torch.channels_last)
     (grad,) = torch.autograd.grad((out.float() * weights).sum(), x)
     (grad_ref,) = torch.autograd.grad((ref.float() * weights).sum(), x)
     return {
@@ -156,7 +164,8 @@ def _run_case(spec):
 
         forward, backward = (KernelConfig(**c) for c in spec["configs"])
         half = partial(triton_sep_half, forward_config=forward, backward_config=backward)
-    return _compare(x, depthwise, pointwise, spec["relu"], half)
+    return _compare(x, depthwise, pointwise, spec["relu"], half,
+                    grad_channels_last=spec.get("grad_channels_last", False))
 
 
 def _run_fast_robnet():
@@ -432,11 +441,13 @@ def test_cpu_tensor_without_interpreter_is_refused():
 def test_cuda_kernels_match_torch_sep_half(stride, relu, split):
     from functools import partial
 
-    from robnets.acceleration.triton_sepconv import KernelConfig
+    from robnets.acceleration.triton_sepconv import DEFAULT_BACKWARD_CONFIG, DEFAULT_FORWARD_CONFIG, KernelConfig
     from robnets.acceleration.triton_sepconv import triton_sep_half as fused
 
-    config = KernelConfig(split=split)
-    triton_sep_half = partial(fused, forward_config=config, backward_config=config)
+    # the default tilings (fused), or split kernels; 36 channels: the alignment hint is 4 in channels-last, 1 in NCHW
+    forward, backward = ((KernelConfig(block_p=32, split=True),) * 2 if split
+                         else (DEFAULT_FORWARD_CONFIG, DEFAULT_BACKWARD_CONFIG))
+    triton_sep_half = partial(fused, forward_config=forward, backward_config=backward)
 
     depthwise, pointwise = _make_half(36, stride=stride, device="cuda")
     x = _make_input(4, 36, (32, 32), "channels_last", device="cuda")
@@ -446,6 +457,7 @@ def test_cuda_kernels_match_torch_sep_half(stride, relu, split):
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         _check(_compare(x, depthwise, pointwise, relu, triton_sep_half), FP32_TOL)
         _check(_compare(x.contiguous(), depthwise, pointwise, relu, triton_sep_half), FP32_TOL)
+        _check(_compare(x, depthwise, pointwise, relu, triton_sep_half, grad_channels_last=True), FP32_TOL)
         # TF32 on both sides: 10-bit mantissas, so a looser bound.
         torch.backends.cudnn.allow_tf32 = True
         _check(_compare(x, depthwise, pointwise, relu, triton_sep_half), 1e-2)
@@ -453,6 +465,8 @@ def test_cuda_kernels_match_torch_sep_half(stride, relu, split):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
     depthwise_bf16, pointwise_bf16 = _make_half(36, stride=stride, device="cuda", dtype=torch.bfloat16)
     _check(_compare(x.bfloat16(), depthwise_bf16, pointwise_bf16, relu, triton_sep_half), BF16_TOL)
+    _check(_compare(x.bfloat16(), depthwise_bf16, pointwise_bf16, relu, triton_sep_half, grad_channels_last=True),
+           BF16_TOL)
 
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
