@@ -17,7 +17,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 echo "== 0. the rewritten Triton kernels against PyTorch on CUDA (first: a wrong alignment hint would fault)"
-timeout ${CHECK_T:-60} python3 -m pytest -q -rf --tb=short -p no:cacheprovider -k cuda tests/test_triton_kernels.py \
+# eight cases that each compile their own kernels (~1-2 s per kernel): in parallel where pytest-xdist is installed
+XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+timeout ${CHECK_T:-60} python3 -m pytest -q -rf --tb=short -p no:cacheprovider $XDIST -k cuda tests/test_triton_kernels.py \
   2>&1 | tail -5
 echo "== 1. default fast path vs plain, fp32"
 timeout ${DEFAULT_T:-60} python3 benchmarks/throughput.py --device cuda --models robnet_free --iters 4 \
