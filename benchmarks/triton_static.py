@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--configs", default="default", help="default | sweep | label,label,...")
     parser.add_argument("--shapes", type=int, default=0, help="keep the N most frequent shapes (0: all)")
     parser.add_argument("--directions", default="forward,backward", help="forward, backward or both")
-    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90: H100/H200)")
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 to compile for (90: H100/H200; the occupancy column uses sm_90's limits)")
     parser.add_argument("--json", default=None, help="write every row here (and the table beside it, .md)")
     args = parser.parse_args()
     ok, why = static_analysis_available()

@@ -345,7 +345,7 @@ if triton is not None:
 
 @dataclass(frozen=True)
 class KernelLaunch:
-    """One kernel launch as :class:`_SepHalfFunction` makes it: the jitted kernel, its grid and arguments."""
+    """One kernel launch as :func:`triton_sep_half` makes it: the jitted kernel, its grid and arguments."""
 
     kernel: object
     grid: tuple
