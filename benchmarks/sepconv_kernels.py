@@ -9,7 +9,7 @@ Triton runs on CUDA only (the CPU interpreter is for correctness, not speed); on
     python benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 --dtype bf16 \\
         --configs sweep --json /tmp/out/sepconv.json
 
-``--configs``: ``none``, ``default`` (the library's forward and backward tilings), ``sweep`` (fifteen tilings,
+``--configs``: ``none``, ``default`` (the library's forward and backward tilings), ``sweep`` (sixteen tilings,
 each compiling for sm_90 without register spills and with vector loads in the direction it is a candidate for:
 fused forward and backward candidates and four ``-split`` ones, Triton depthwise + cuBLAS 1x1; see
 ``benchmarks/triton_static.py``) or a comma list of labels

@@ -29,12 +29,13 @@ from .folding import FoldedConv
 # each direction). Each compiles for sm_90 at robnet_free's shapes (bf16) without register spills and with vector
 # loads in the direction it is a candidate for
 # (benchmarks/triton_static.py, results/triton-static.md): fused forward candidates (16-channel chunks, 1-3
-# stages, 64-256 output channels per program), fused backward candidates (16-64 channels per program, 16-32
-# output channels per reduction chunk) and four split ones (Triton depthwise + cuBLAS 1x1).
+# stages, 64-256 output channels per program), fused backward candidates (16-256 channels per program: with all
+# of them in one program grad_out is gathered once per pixel tile, not once per channel block; 16-32 output
+# channels per reduction chunk) and four split ones (Triton depthwise + cuBLAS 1x1).
 SWEEP_LABELS = ("p64-ci16-co64-w4-s2", "p64-ci16-co64-w4-s1", "p64-ci16-co64-w4-s3", "p32-ci16-co128-w4-s2",
                 "p128-ci16-co64-w8-s2", "p64-ci16-co256-w8-s2",
                 "p32-ci64-co32-w4-s1", "p32-ci32-co32-w4-s1", "p64-ci64-co16-w4-s1", "p64-ci32-co32-w4-s1",
-                "p128-ci64-co32-w8-s1",
+                "p128-ci64-co32-w8-s1", "p32-ci256-co32-w8-s1",
                 "p32-ci32-co64-w2-s1-split", "p32-ci64-co64-w4-s1-split", "p64-ci64-co64-w8-s1-split",
                 "p128-ci32-co64-w8-s1-split")
 
