@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+from robnets import RobnetsError
 from robnets.acceleration.sepconv_bench import kernel_configs, sep_half_shapes, summary_table, sweep, write_results
 
 
@@ -51,7 +52,10 @@ def main() -> int:
         print("note: Triton kernels are timed on CUDA only; timing PyTorch's kernels alone", file=sys.stderr)
         configs = []
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    shapes = sep_half_shapes(args.model, args.batch)
+    try:
+        shapes = sep_half_shapes(args.model, args.batch)
+    except RobnetsError as exc:
+        raise SystemExit(f"error: --model: {exc}") from None
     total = sum(s.count for s in shapes)
     if args.shapes:
         shapes = shapes[: args.shapes]

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from robnets import RobnetsError
 from robnets.acceleration.sepconv_bench import kernel_configs, sep_half_shapes, write_results
 from robnets.acceleration.triton_static import analyse, resource_table, static_analysis_available
 
@@ -50,7 +51,10 @@ def main() -> int:
     if not directions or any(d not in ("forward", "backward") for d in directions):
         raise SystemExit(f"error: --directions takes forward, backward or forward,backward; got {args.directions!r}")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    shapes = sep_half_shapes(args.model, args.batch)
+    try:
+        shapes = sep_half_shapes(args.model, args.batch)
+    except RobnetsError as exc:
+        raise SystemExit(f"error: --model: {exc}") from None
     if args.shapes:
         shapes = shapes[: args.shapes]
     print(f"{args.model}, batch {args.batch}, {args.dtype}, sm_{args.arch}: {len(shapes)} shapes x "

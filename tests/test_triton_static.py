@@ -131,6 +131,8 @@ def test_benchmark_cli_compiles_and_reports(tmp_path):
     assert 0 < rows[0]["registers"] <= 255 and rows[0]["occupancy"] > 0
     assert "| 144->144 8x8/1 relu | p64-ci16-co64-w4-s2 | _sep_half_fwd (forward) |" in \
         out.with_suffix(".md").read_text()
-    bad = subprocess.run([sys.executable, str(script), "--directions", "sideways"], capture_output=True, text=True,
-                         timeout=120, cwd=root)
-    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: --directions")
+    for args, flag in ((["--directions", "sideways"], "--directions"), (["--model", "robnet_nope"], "--model")):
+        bad = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
+                             cwd=root)
+        assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [bad.stderr.strip().splitlines()[-1]]
+        assert bad.stderr.strip().startswith(f"error: {flag}"), bad.stderr
