@@ -25,6 +25,8 @@ if _WORKERS > 1:
     # spin-waits for a core and made those runs 4-5x slower.
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 _BACKGROUND_MODULE = None  # tests/test_triton_kernels.py once its interpreter subprocess started
+# The tuned kernels' choices stay in memory during tests (never written to the user's ~/.cache).
+os.environ.setdefault("ROBNETS_TUNING_CACHE", "off")
 
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection

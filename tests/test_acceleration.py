@@ -211,7 +211,7 @@ def test_environment_overrides_the_kernel_choice(monkeypatch):
     monkeypatch.setenv("ROBNETS_FAST_KERNELS", "torch")
     assert accelerate(robnet, "cpu")[0].kernels == "torch"
     monkeypatch.setenv("ROBNETS_FAST_KERNELS", "cuda-magic")
-    with pytest.raises(robnets.RobnetsError, match="ROBNETS_FAST_KERNELS must be auto, torch or triton"):
+    with pytest.raises(robnets.RobnetsError, match="ROBNETS_FAST_KERNELS must be auto, torch, triton or tuned"):
         accelerate(robnet, "cpu")
     from robnets.acceleration import cuda_graphs_enabled
 
@@ -221,14 +221,15 @@ def test_environment_overrides_the_kernel_choice(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kernels", ["torch", "triton"])
+@pytest.mark.parametrize("kernels", ["torch", "triton", "tuned"])
 def test_cuda_fast_path_matches_plain(kernels):
     """Full-size RobNets with random BatchNorm statistics on CUDA, TF32 off: the same numbers as the plain
-    path up to rounding (see _assert_same_numbers), with PyTorch's and with the fused Triton kernels."""
-    if kernels == "triton" and not triton_usable(torch.device("cuda")):
+    path up to rounding (see _assert_same_numbers), with PyTorch's kernels, the fused Triton kernels, and the
+    per-shape tuned choice between them (timed on this GPU)."""
+    if kernels != "torch" and not triton_usable(torch.device("cuda")):
         pytest.skip("Triton is not installed")
     models = [("robnet_free", {}), ("robnet_large_v1", {"C": 16, "layers": 8})]
-    for name, kwargs in models[1:] if kernels == "triton" else models:  # Triton: fewer shapes to compile
+    for name, kwargs in models[1:] if kernels != "torch" else models:  # Triton: fewer shapes to compile
         torch.manual_seed(0)
         model = robnets.create_model(name, **kwargs)
         randomize_batchnorm(model)

@@ -254,6 +254,52 @@ def _run_fast_robnet_compiled():
             "halves": sum(2 for m in model.modules() if type(m).__name__ == "SepConv")}
 
 
+def _run_tuned():
+    """The per-shape tuner (robnets.acceleration.tuning) on a tiny RobNet: a timer that makes each direction's
+    winner depend on the shape, so Triton forwards run beside PyTorch backwards and the reverse; the tuned engine
+    against PyTorch's kernels, eager and compiled (the compiled one reads the choices made eagerly, timing
+    nothing); and one real (wall-clock) tuning of a tiny half, every candidate run."""
+    import robnets
+    from robnets.acceleration import FastRobNet
+    from robnets.acceleration.folding import randomize_batchnorm
+    from robnets.acceleration.numerics import logits_and_input_grad
+    from robnets.acceleration.tuning import SepHalfTuner
+
+    torch.manual_seed(0)
+    genotype = "_".join(str(robnets.models.ROBNET_FREE).split("_")[:3])
+    model = randomize_batchnorm(robnets.create_model("robnet", genotype=genotype, C=4, layers=3).eval())
+    forward, backward = ("torch", "p64-ci16-co64-w4-s2"), ("torch", "p32-ci16-co32-w4-s1-split")
+    timed = []
+
+    def timer(candidate, device):  # noqa: ARG001
+        args = candidate.call.args  # (x, ..., relu, cfg) forward; (grad_out, x, ..., relu, cfg) backward
+        timed.append(candidate.label)
+        triton_wins = args[0].shape[1] >= 8 if candidate.direction == "forward" else args[7]
+        return 1e-6 * (1.0 if (candidate.label != "torch") == triton_wins else 2.0)
+
+    tuner = SepHalfTuner(forward_candidates=forward, backward_candidates=backward, timer=timer)
+    eager = FastRobNet(model)
+    eager._half = tuner
+    x, y = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4)), torch.tensor([2, 7])
+    ref_logits, ref_grad = logits_and_input_grad(FastRobNet(model), x, y)
+    logits, grad = logits_and_input_grad(eager, x, y)
+    mixes = sorted({f"{c.forward == 'torch'}-{c.backward == 'torch'}" for c in tuner._choices.values()})
+    timed_eagerly = len(timed)
+    compiled = FastRobNet(model, kernels="torch", compile="eager")
+    compiled._half = tuner
+    compiled.kernels = "tuned"  # as FastRobNet(kernels='tuned') with this tuner: tunes eagerly, then compiles
+    compiled_logits, compiled_grad = logits_and_input_grad(compiled, x, y)
+
+    real = SepHalfTuner(forward_candidates=forward, backward_candidates=backward)  # the wall-clock timer
+    depthwise, pointwise = _make_half(8)
+    choice = real.tune(_make_input(1, 8, (4, 4), "channels_last"), depthwise, pointwise, True)
+    return {"shape_ok": logits.shape == ref_logits.shape, "dtype_ok": True, "channels_last": True,
+            "out_err": _rel(logits, ref_logits), "grad_err": _rel(grad, ref_grad), "mixes": mixes,
+            "compiled_out_err": _rel(compiled_logits, logits), "compiled_grad_err": _rel(compiled_grad, grad),
+            "timed_while_compiling": len(timed) - timed_eagerly,
+            "wall_clock_timed": sorted(choice.forward_us) + sorted(choice.backward_us)}
+
+
 def _run_misc():
     """Argument validation and the no-grad path."""
     from robnets.acceleration.triton_sepconv import triton_available, triton_sep_half
@@ -290,7 +336,8 @@ def _interpreter_main():
         except Exception as exc:  # noqa: BLE001 - reported per case by the tests
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
     for name, fn in (("fast_robnet", _run_fast_robnet), ("fast_robnet_split", _run_fast_robnet_split),
-                     ("fast_robnet_compiled", _run_fast_robnet_compiled), ("misc", _run_misc)):
+                     ("fast_robnet_compiled", _run_fast_robnet_compiled), ("tuned", _run_tuned),
+                     ("misc", _run_misc)):
         try:
             results[name] = fn()
         except Exception as exc:  # noqa: BLE001
@@ -374,6 +421,17 @@ def test_interpreted_fast_robnet_with_triton_kernels_matches_torch_kernels(inter
     agreement = interpreted["fast_robnet"]["float64"]
     assert agreement["relu_units"] > 0 and agreement["flipped_units"] == 0, agreement
     assert agreement["logits_rel"] < FP32_TOL and agreement["grad_rel_same_pattern"] < FP32_TOL, agreement
+
+
+def test_interpreted_tuned_engine_mixes_triton_and_pytorch_directions_with_the_same_numbers(interpreted):
+    assert "tuned" not in interpreted["errors"], interpreted["errors"].get("tuned")
+    result = interpreted["tuned"]
+    # every combination of a Triton / PyTorch forward with a Triton / PyTorch backward was chosen somewhere
+    assert result["mixes"] == ["False-False", "False-True", "True-False", "True-True"], result["mixes"]
+    _check(result, FP32_TOL)
+    assert result["compiled_out_err"] < FP32_TOL and result["compiled_grad_err"] < FP32_TOL, result
+    assert result["timed_while_compiling"] == 0
+    assert result["wall_clock_timed"] == ["p64-ci16-co64-w4-s2", "torch", "p32-ci16-co32-w4-s1-split", "torch"]
 
 
 def test_interpreted_validation_and_no_grad(interpreted):

@@ -8,6 +8,8 @@ What it does differently from the plain network, without changing the function i
 * activations use the channels-last layout where that is faster (depthwise convs on CPU and GPU);
 * each half of a separable conv (ReLU, depthwise 3x3, pointwise 1x1 + folded BN) can run as one fused
   Triton kernel on CUDA (``kernels='triton'``), moving each activation through memory once;
+* or each half runs whichever of cuDNN and the Triton tilings was fastest on its shape, per direction
+  (``kernels='tuned'``, :mod:`robnets.acceleration.tuning`);
 * or the whole forward/backward can go through ``torch.compile`` (``compile=True``), whose graph no longer
   holds the zero multiplications and unfused BatchNorms, so Inductor can fuse the element-wise work.
 
@@ -184,8 +186,12 @@ class FastRobNet(nn.Module):
             configs = triton_configs_from_environment()
             self._half = triton_sep_half if configs is None else partial(
                 triton_sep_half, forward_config=configs[0], backward_config=configs[1])
+        elif kernels == "tuned":
+            from .tuning import default_tuner
+
+            self._half = default_tuner()
         elif kernels != "torch":
-            raise ValueError(f"kernels must be 'torch' or 'triton', got {kernels!r}")
+            raise ValueError(f"kernels must be 'torch', 'triton' or 'tuned', got {kernels!r}")
         self._cells = [_FastCell(c) for c in net.cells]
         if net._imagenet_stem:
             s0 = net.stem0
@@ -199,6 +205,7 @@ class FastRobNet(nn.Module):
             folded.refresh_in_place = True
         self.compiled = compile is not False and compile is not None
         self._compiled_forward = None
+        self._tuned_inputs: set[tuple] = set()
         if self.compiled:
             # fullgraph: a graph break would silently split the fused regions, so fail loudly instead
             backend = "inductor" if compile is True else compile
@@ -225,8 +232,19 @@ class FastRobNet(nn.Module):
             raise ValueError(f"RobNet expects a float NCHW batch with 3 channels, got shape {tuple(x.shape)}")
         if self._compiled_forward is not None:
             self.refresh()  # eagerly; the compiled graph reads the refreshed cache
+            if self.kernels == "tuned":
+                self._tune_eagerly(x)
             return self._compiled_forward(x)
         return self._forward_impl(x)
+
+    def _tune_eagerly(self, x: torch.Tensor) -> None:
+        """Tuned kernels in a compiled engine: the choices are read while tracing (fake tensors, nothing to time),
+        so a new input shape first runs one eager forward, which times and chooses every half's kernels."""
+        key = (tuple(x.shape), x.dtype, str(x.device), torch.is_autocast_enabled(x.device.type))
+        if key not in self._tuned_inputs:
+            with torch.no_grad():
+                self._forward_impl(x.detach())
+            self._tuned_inputs.add(key)
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         net = self.source

@@ -28,12 +28,12 @@ def triton_usable(device: torch.device) -> bool:
 
 
 def kernels_from_environment() -> str | None:
-    """``ROBNETS_FAST_KERNELS``: 'torch', 'triton' or unset/'auto' (None)."""
+    """``ROBNETS_FAST_KERNELS``: 'torch', 'triton', 'tuned' or unset/'auto' (None)."""
     value = os.environ.get("ROBNETS_FAST_KERNELS", "auto").strip().lower()
     if value in ("", "auto"):
         return None
-    if value not in ("torch", "triton"):
-        raise RobnetsError(f"ROBNETS_FAST_KERNELS must be auto, torch or triton, got {value!r}")
+    if value not in ("torch", "triton", "tuned"):
+        raise RobnetsError(f"ROBNETS_FAST_KERNELS must be auto, torch, triton or tuned, got {value!r}")
     return value
 
 
@@ -103,7 +103,10 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
     ``kernels='auto'`` uses PyTorch's kernels (cuDNN on CUDA). The fused Triton kernels are opt-in
     (``kernels='triton'`` or ``ROBNETS_FAST_KERNELS=triton``): on an H200 (torch 2.11, Triton 3.6) they are as
     accurate as cuDNN but 15-25x slower in steady state (PGD-20 23 images/s against 165;
-    results/gpu-h200-2026-11-26-issue3.md), so they are never chosen automatically.
+    results/gpu-h200-2026-11-26-issue3.md), so they are never chosen automatically. ``kernels='tuned'``
+    (``ROBNETS_FAST_KERNELS=tuned``) times cuDNN and several Triton tilings on each half's shape the first time it
+    runs and keeps the fastest per direction (:mod:`robnets.acceleration.tuning`; choices cached on disk):
+    opt-in until a GPU measurement shows it ahead end to end.
 
     ``compile=True`` (or ``ROBNETS_COMPILE=1``) runs the fast path through ``torch.compile`` to fuse its
     element-wise work: PGD-20 1.46x faster than the eager fast path on an H200 (241 against 165 images/s,
@@ -122,9 +125,9 @@ def accelerate(model: nn.Module, device: torch.device | str | None = None, *, ke
         kernels = kernels_from_environment() or "torch"
     if compile is None:
         compile = compile_from_environment()
-    if kernels == "triton" and not triton_usable(device):
-        raise RobnetsError(f"Triton kernels were asked for but cannot run on {device} (they need Triton and a CUDA "
-                           "GPU); unset ROBNETS_FAST_KERNELS or use kernels='torch'")
+    if kernels in ("triton", "tuned") and not triton_usable(device):
+        raise RobnetsError(f"{kernels} Triton kernels were asked for but cannot run on {device} (they need Triton "
+                           "and a CUDA GPU); unset ROBNETS_FAST_KERNELS or use kernels='torch'")
     layout = "channels-last" if channels_last else "NCHW"
     description = f"fast (zero edges skipped, BatchNorm folded, shared ReLUs, {layout}, {kernels} kernels"
     if compile:

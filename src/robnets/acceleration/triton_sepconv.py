@@ -61,7 +61,8 @@ except Exception as exc:  # noqa: BLE001 - any failure to import means "no Trito
 else:
     _TRITON_IMPORT_ERROR = None
 
-__all__ = ["DEFAULT_BACKWARD_CONFIG", "DEFAULT_FORWARD_CONFIG", "KernelConfig", "KernelLaunch", "recording_launches", "triton_available", "triton_sep_half"]
+__all__ = ["DEFAULT_BACKWARD_CONFIG", "DEFAULT_FORWARD_CONFIG", "TORCH_KERNELS", "KernelConfig", "KernelLaunch",
+           "TorchKernels", "recording_launches", "triton_available", "triton_sep_half"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,21 @@ class KernelConfig:
 # benchmarks/sepconv_kernels.py --configs sweep.
 DEFAULT_FORWARD_CONFIG = KernelConfig(block_p=64, block_ci=16, block_co=64, num_warps=4, num_stages=2)
 DEFAULT_BACKWARD_CONFIG = KernelConfig(block_p=32, block_ci=64, block_co=32, num_warps=4, num_stages=1)
+
+
+@dataclass(frozen=True)
+class TorchKernels:
+    """In place of a :class:`KernelConfig`: this direction runs PyTorch's kernels (cuDNN on CUDA) on the same
+    prepared weights, so one direction of a half can be Triton and the other cuDNN (the per-shape tuner,
+    :mod:`robnets.acceleration.tuning`, picks each direction's fastest). Same function, same dtype contract."""
+
+    split: bool = False
+
+    def label(self) -> str:
+        return "torch"
+
+
+TORCH_KERNELS = TorchKernels()
 
 
 def _interpreting() -> bool:
@@ -424,6 +440,8 @@ def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
 def _forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, bias: torch.Tensor | None,
              stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig) -> torch.Tensor:
     """The forward kernel launch(es): (ReLU) -> depthwise -> pointwise + bias, channels-last output."""
+    if isinstance(cfg, TorchKernels):
+        return _torch_forward(x, dw_weight, pw_weight, bias, stride, pad, dil, relu)
     n, c, h, w = x.shape
     co = pw_weight.shape[0]
     kh, kw = dw_weight.shape[:2]
@@ -466,6 +484,8 @@ def _forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, 
 def _input_grad(grad_out: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
                 stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig) -> torch.Tensor:
     """The backward kernel launch(es): the gradient with respect to ``x`` (channels-last)."""
+    if isinstance(cfg, TorchKernels):
+        return _torch_input_grad(grad_out, x, dw_weight, pw_weight, stride, pad, dil, relu)
     n, c, h, w = x.shape
     co = pw_weight.shape[0]
     ho, wo = grad_out.shape[-2:]
@@ -520,8 +540,39 @@ class _SepHalfFunction(torch.autograd.Function):
 
 
 @lru_cache(maxsize=None)
-def _config(label: str) -> KernelConfig:
-    return KernelConfig.from_label(label)
+def _config(label: str) -> KernelConfig | TorchKernels:
+    return TORCH_KERNELS if label == "torch" else KernelConfig.from_label(label)
+
+
+def _depthwise_4d(dw_weight: torch.Tensor) -> torch.Tensor:
+    """The tap-major (KH, KW, C) depthwise weight back in conv2d's (C, 1, KH, KW) layout."""
+    return dw_weight.permute(2, 0, 1).unsqueeze(1).contiguous()
+
+
+def _torch_forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, bias: torch.Tensor | None,
+                   stride: int, pad: int, dil: int, relu: bool) -> torch.Tensor:
+    """The forward with PyTorch's convolutions, in the input's dtype (what the fused kernel computes)."""
+    with _autocast_off(x.device):
+        if relu:
+            x = torch.relu(x)
+        mid = torch.nn.functional.conv2d(x, _depthwise_4d(dw_weight), None, stride, pad, dil, x.shape[1])
+        y = torch.nn.functional.conv2d(mid, pw_weight[:, :, None, None], bias)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+def _torch_input_grad(grad_out: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
+                      stride: int, pad: int, dil: int, relu: bool) -> torch.Tensor:
+    """The input gradient with PyTorch's convolution backward kernels (the ones autograd runs for
+    :func:`~robnets.acceleration.fast_robnet.torch_sep_half`), then the ReLU mask."""
+    n, c = x.shape[:2]
+    with _autocast_off(x.device):
+        grad_out = grad_out.to(x.dtype)
+        mid_shape = (n, c, grad_out.shape[2], grad_out.shape[3])
+        grad_mid = torch.nn.grad.conv2d_input(mid_shape, pw_weight[:, :, None, None], grad_out)
+        grad_x = torch.nn.grad.conv2d_input(x.shape, _depthwise_4d(dw_weight), grad_mid, stride, pad, dil, c)
+        if relu:
+            grad_x = torch.ops.aten.threshold_backward(grad_x, x, 0)
+    return grad_x.contiguous(memory_format=torch.channels_last)
 
 
 def _define_custom_ops() -> None:
@@ -581,6 +632,21 @@ def _square(value, name: str) -> int:  # noqa: ANN001
     return int(a)
 
 
+def kernel_weights(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The weights as the kernels take them, in the input's dtype: the depthwise weight tap-major (KH, KW, C),
+    the folded pointwise weight as a (CO, C) matrix, the folded bias (or None)."""
+    # (KH, KW, C): each tap's weights contiguous over channels, so a tile loads them as vectors (the (C, 1, KH, KW)
+    # layout puts them KH*KW elements apart: one scalar load per channel and tap).
+    dw_weight = depthwise.weight.detach().to(x.dtype)[:, 0].permute(1, 2, 0).contiguous()
+    # compiled regions read the folded tensors as refreshed eagerly for this call (FoldedConv.cached)
+    weight, bias = pointwise.cached() if torch.compiler.is_compiling() else pointwise.parameters()
+    pw_weight = weight.detach().reshape(weight.shape[0], x.shape[1]).to(x.dtype).contiguous()
+    if bias is not None:
+        bias = bias.detach().to(x.dtype).contiguous()
+    return dw_weight, pw_weight, bias
+
+
 def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool, *,
                     forward_config: KernelConfig | None = None,
                     backward_config: KernelConfig | None = None) -> torch.Tensor:
@@ -591,11 +657,13 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
     settings of each kernel (default :data:`DEFAULT_FORWARD_CONFIG` / :data:`DEFAULT_BACKWARD_CONFIG`; every
     configuration computes the same function).
     """
-    _require_triton(x)
     configs = (forward_config or DEFAULT_FORWARD_CONFIG, backward_config or DEFAULT_BACKWARD_CONFIG)
     for cfg in configs:
-        if not isinstance(cfg, KernelConfig):
-            raise TypeError(f"kernel configurations are KernelConfig objects, got {type(cfg).__name__}")
+        if not isinstance(cfg, (KernelConfig, TorchKernels)):
+            raise TypeError(f"kernel configurations are KernelConfig (or TorchKernels) objects, got "
+                            f"{type(cfg).__name__}")
+    if any(isinstance(cfg, KernelConfig) for cfg in configs):
+        _require_triton(x)
     if x.dim() != 4:
         raise ValueError(f"triton_sep_half expects an NCHW tensor, got shape {tuple(x.shape)}")
     c = x.shape[1]
@@ -614,15 +682,7 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
     pad = _square(depthwise.padding, "padding")
     dil = _square(depthwise.dilation, "dilation")
 
-    dtype = x.dtype
-    # (KH, KW, C): each tap's weights contiguous over channels, so a tile loads them as vectors (the (C, 1, KH, KW)
-    # layout puts them KH*KW elements apart: one scalar load per channel and tap).
-    dw_weight = depthwise.weight.detach().to(dtype)[:, 0].permute(1, 2, 0).contiguous()
-    # compiled regions read the folded tensors as refreshed eagerly for this call (FoldedConv.cached)
-    weight, bias = pointwise.cached() if torch.compiler.is_compiling() else pointwise.parameters()
-    pw_weight = weight.detach().reshape(weight.shape[0], c).to(dtype).contiguous()
-    if bias is not None:
-        bias = bias.detach().to(dtype).contiguous()
+    dw_weight, pw_weight, bias = kernel_weights(x, depthwise, pointwise)
     if x.device.type == "cuda":
         for t in (dw_weight, pw_weight, bias):
             if t is not None and t.device != x.device:
