@@ -177,3 +177,24 @@ def test_tuned_kernels_need_triton_and_a_gpu(monkeypatch):
             accelerate(robnet, "cpu")
     with pytest.raises(ValueError, match="'torch', 'triton' or 'tuned'"):
         FastRobNet(robnet, kernels="fastest")
+
+
+def test_throughput_benchmark_refuses_tuned_kernels_without_a_gpu_in_one_line():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine can run the tuned kernels")
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "ROBNETS_FAST_KERNELS")}
+    env["PYTHONPATH"] = str(repo / "src")
+    for args, extra_env in ((["--kernels", "tuned"], {}), ([], {"ROBNETS_FAST_KERNELS": "fastest"})):
+        proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "throughput.py"), "--device", "cpu",
+                               "--models", "robnet_free", "--batch-size", "1", "--workloads", "forward", *args],
+                              capture_output=True, text=True, env={**env, **extra_env}, timeout=120)
+        assert proc.returncode != 0
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert last.startswith("throughput.py: error:") and ("tuned" in last or "ROBNETS_FAST_KERNELS" in last), last

@@ -328,6 +328,12 @@ class SepHalfTuner:
 
     # ---------------------------------------------------------------------------------------------- report
 
+    def choices_as_dicts(self) -> list[dict]:
+        """Every choice with its key spelled out (JSON-ready)."""
+        names = ("device", "dtype", "shape", "strides", "c_out", "kernel", "stride", "padding", "dilation", "relu",
+                 "bias")
+        return [{**dict(zip(names, key)), **choice.to_dict()} for key, choice in self._choices.items()]
+
     def table(self) -> str:
         """Markdown: per tuned shape, the chosen implementation of each direction with its time and PyTorch's."""
         rows = ["| input (N, C, H, W) | C_out | stride | ReLU | dtype | forward | us (torch) | backward | us (torch) |",
