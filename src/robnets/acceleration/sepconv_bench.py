@@ -32,12 +32,13 @@ from .folding import FoldedConv
 # stages, 64-256 output channels per program), fused backward candidates (16-256 channels per program: with all
 # of them in one program grad_out is gathered once per pixel tile, not once per channel block; 16-32 output
 # channels per reduction chunk) and four split ones (Triton depthwise + cuBLAS 1x1).
-SWEEP_LABELS = ("p64-ci16-co64-w4-s2", "p64-ci16-co64-w4-s1", "p64-ci16-co64-w4-s3", "p32-ci16-co128-w4-s2",
-                "p128-ci16-co64-w8-s2", "p64-ci16-co256-w8-s2",
-                "p32-ci64-co32-w4-s1", "p32-ci32-co32-w4-s1", "p64-ci64-co16-w4-s1", "p64-ci32-co32-w4-s1",
-                "p128-ci64-co32-w8-s1", "p32-ci256-co32-w8-s1",
-                "p32-ci32-co64-w2-s1-split", "p32-ci64-co64-w4-s1-split", "p64-ci64-co64-w8-s1-split",
-                "p128-ci32-co64-w8-s1-split")
+SWEEP_SPLIT = ("p32-ci32-co64-w2-s1-split", "p32-ci64-co64-w4-s1-split", "p64-ci64-co64-w8-s1-split",
+               "p128-ci32-co64-w8-s1-split")
+SWEEP_FORWARD = ("p64-ci16-co64-w4-s2", "p64-ci16-co64-w4-s1", "p64-ci16-co64-w4-s3", "p32-ci16-co128-w4-s2",
+                 "p128-ci16-co64-w8-s2", "p64-ci16-co256-w8-s2") + SWEEP_SPLIT
+SWEEP_BACKWARD = ("p32-ci64-co32-w4-s1", "p32-ci32-co32-w4-s1", "p64-ci64-co16-w4-s1", "p64-ci32-co32-w4-s1",
+                  "p128-ci64-co32-w8-s1", "p32-ci256-co32-w8-s1") + SWEEP_SPLIT
+SWEEP_LABELS = SWEEP_FORWARD[:6] + SWEEP_BACKWARD[:6] + SWEEP_SPLIT
 
 
 def kernel_configs(text: str) -> list:

@@ -38,7 +38,7 @@ from .folding import FoldedConv
 # Candidates timed per direction (labels of KernelConfig, 'torch' for PyTorch's kernels). Each compiles for
 # sm_90 without spills and with vector loads in its direction (results/triton-static.md); few, because each
 # one compiles once per shape (about a second each) before it is timed. ROBNETS_TUNING_CANDIDATES=sweep
-# times all of sepconv_bench.SWEEP_LABELS in both directions instead.
+# times the sweep's tilings for each direction instead (sepconv_bench.SWEEP_FORWARD / SWEEP_BACKWARD).
 FORWARD_CANDIDATES = ("torch", "p64-ci16-co64-w4-s2", "p32-ci16-co128-w4-s2", "p64-ci16-co256-w8-s2",
                       "p64-ci64-co64-w8-s1-split")
 BACKWARD_CANDIDATES = ("torch", "p32-ci64-co32-w4-s1", "p64-ci32-co32-w4-s1", "p32-ci256-co32-w8-s1",
@@ -114,17 +114,18 @@ def _pick(times: dict[str, float]) -> str:
 
 
 def candidates_from_environment() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``ROBNETS_TUNING_CANDIDATES``: unset/``default`` (the lists above), ``sweep`` (every sweep tiling in both
-    directions) or a comma list of labels (both directions; ``torch`` is always a candidate)."""
+    """``ROBNETS_TUNING_CANDIDATES``: unset/``default`` (the lists above), ``sweep`` (the sweep's tilings for each
+    direction: ten per direction) or a comma list of labels (both directions; ``torch`` is always a
+    candidate)."""
     from .triton_sepconv import KernelConfig
 
     value = os.environ.get("ROBNETS_TUNING_CANDIDATES", "").strip()
     if value in ("", "default"):
         return FORWARD_CANDIDATES, BACKWARD_CANDIDATES
-    if value == "sweep":
-        from .sepconv_bench import SWEEP_LABELS
+    if value == "sweep":  # each direction's sweep tilings (those compiling clean in it on sm_90)
+        from .sepconv_bench import SWEEP_BACKWARD, SWEEP_FORWARD
 
-        labels = SWEEP_LABELS
+        return ("torch",) + SWEEP_FORWARD, ("torch",) + SWEEP_BACKWARD
     else:
         labels = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "torch")
         for label in labels:
