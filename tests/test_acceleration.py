@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 
 import pytest
@@ -204,6 +205,31 @@ def test_cuda_graph_pgd_equals_eager_pgd():
     graphed = PGD(fast, steps=5, seed=0, cuda_graphs=True)(x, y)
     assert (eager != graphed).float().mean() <= 1e-3
     assert (graphed - x).abs().max() <= 8 / 255 + 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_pgd_with_tuned_kernels_tunes_before_the_capture(tmp_path, recwarn):
+    """The tuned engine in a captured attack: every half is tuned in the graph's eager warm-up (no 'not tuned'
+    fallback inside the capture), the choices persist, and the attack equals the eager tuned attack."""
+    if not triton_usable(torch.device("cuda")):
+        pytest.skip("Triton is not installed")
+    from robnets.acceleration.tuning import FORWARD_CANDIDATES, SepHalfTuner
+
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=8, layers=3).cuda()
+    tuner = SepHalfTuner(forward_candidates=FORWARD_CANDIDATES[:2],
+                         backward_candidates=("torch", "p32-ci64-co32-w4-s1"), cache_path=tmp_path / "tuning.json")
+    fast = FastRobNet(model)
+    fast._half = tuner
+    x, y = torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    graphed = PGD(fast, steps=5, seed=0, cuda_graphs=True)(x, y)
+    assert not [w for w in recwarn if "not tuned" in str(w.message)]
+    assert tuner._choices and all(c.forward_us and c.backward_us for c in tuner._choices.values())
+    eager = PGD(fast, steps=5, seed=0)(x, y)
+    assert (eager != graphed).float().mean() <= 1e-3
+    assert (graphed - x).abs().max() <= 8 / 255 + 1e-6
+    (entries,) = json.loads((tmp_path / "tuning.json").read_text())["devices"].values()
+    assert len(entries) == len(tuner._choices)  # every choice persisted for this GPU and these versions
 
 
 def test_environment_overrides_the_kernel_choice(monkeypatch):
