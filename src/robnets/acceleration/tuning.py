@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -360,10 +361,14 @@ def _key_from_text(text: str, device: torch.device) -> tuple:
 _DEFAULT_TUNER: SepHalfTuner | None = None
 
 
+def _log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)  # progress, kept out of stdout's tables
+
+
 def default_tuner() -> SepHalfTuner:
     """The process-wide tuner (one set of choices shared by every engine), persisted at
     :func:`default_cache_path`."""
     global _DEFAULT_TUNER
     if _DEFAULT_TUNER is None:
-        _DEFAULT_TUNER = SepHalfTuner(cache_path=default_cache_path(), log=print)
+        _DEFAULT_TUNER = SepHalfTuner(cache_path=default_cache_path(), log=_log_to_stderr)
     return _DEFAULT_TUNER
