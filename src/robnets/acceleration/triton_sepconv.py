@@ -129,8 +129,6 @@ class TorchKernels:
     prepared weights, so one direction of a half can be Triton and the other cuDNN (the per-shape tuner,
     :mod:`robnets.acceleration.tuning`, picks each direction's fastest). Same function, same dtype contract."""
 
-    split: bool = False
-
     def label(self) -> str:
         return "torch"
 

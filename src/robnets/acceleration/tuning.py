@@ -28,11 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ..errors import RobnetsError
+from ..io import write_json_atomic
 from .fast_robnet import torch_sep_half
 from .folding import FoldedConv
 
@@ -71,6 +73,39 @@ def wall_clock_timer(fn: Callable[[], object], device: torch.device, iters: int 
     for _ in range(iters):
         fn()
     return (time.perf_counter() - start) / iters
+
+
+class HalfKey(NamedTuple):
+    """What a choice depends on: device, dtype, shape and strides of the input, the conv geometry."""
+
+    device: str
+    dtype: str
+    shape: tuple
+    strides: tuple
+    c_out: int
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    relu: bool
+    bias: bool
+
+    @classmethod
+    def of(cls, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> HalfKey:
+        return cls(str(x.device), str(x.dtype).removeprefix("torch."), tuple(x.shape), tuple(x.stride()),
+                   pointwise.conv.out_channels, tuple(depthwise.kernel_size), tuple(depthwise.stride),
+                   tuple(depthwise.padding), tuple(depthwise.dilation), bool(relu),
+                   pointwise.bn is not None or pointwise.conv.bias is not None)
+
+    def to_text(self) -> str:
+        """The key without its device, as the cache file stores it (the file groups entries by GPU)."""
+        return json.dumps(list(self[1:]))
+
+    @classmethod
+    def from_text(cls, text: str, device: torch.device) -> HalfKey:
+        dtype, shape, strides, c_out, kernel, stride, pad, dil, relu, bias = json.loads(text)
+        return cls(str(device), str(dtype), tuple(shape), tuple(strides), int(c_out), tuple(kernel), tuple(stride),
+                   tuple(pad), tuple(dil), bool(relu), bool(bias))
 
 
 @dataclass(frozen=True)
@@ -185,23 +220,15 @@ class SepHalfTuner:
         self.cache_path = None if cache_path is None else Path(cache_path)
         self.log = log or (lambda message: None)
         self.persist_device_types = ("cuda",)  # timings elsewhere (CPU interpreter) are not worth keeping
-        self._choices: dict[tuple, HalfChoice] = {}
+        self._choices: dict[HalfKey, HalfChoice] = {}
         self._configs: dict[str, object] = {}  # label -> KernelConfig / TorchKernels
         self._loaded: set[str] = set()
         self._warned = False
 
     # ------------------------------------------------------------------------------------------ dispatch
 
-    @staticmethod
-    def key(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> tuple:
-        """What a choice depends on: device, dtype, shape and strides of the input, the conv geometry."""
-        return (str(x.device), str(x.dtype).removeprefix("torch."), tuple(x.shape), tuple(x.stride()),
-                pointwise.conv.out_channels, tuple(depthwise.kernel_size), tuple(depthwise.stride),
-                tuple(depthwise.padding), tuple(depthwise.dilation), bool(relu),
-                pointwise.bn is not None or pointwise.conv.bias is not None)
-
     def __call__(self, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
-        key = self.key(x, depthwise, pointwise, relu)
+        key = HalfKey.of(x, depthwise, pointwise, relu)
         choice = self._choices.get(key)
         if choice is None:
             if torch.compiler.is_compiling():  # nothing to time while tracing (FastRobNet tunes before it compiles)
@@ -218,7 +245,7 @@ class SepHalfTuner:
         return triton_sep_half(x, depthwise, pointwise, relu, forward_config=configs[choice.forward],
                                backward_config=configs[choice.backward])
 
-    def _remember(self, key: tuple, choice: HalfChoice) -> HalfChoice:
+    def _remember(self, key: HalfKey, choice: HalfChoice) -> HalfChoice:
         from .triton_sepconv import _config
 
         for label in (choice.forward, choice.backward):
@@ -227,10 +254,10 @@ class SepHalfTuner:
         self._choices[key] = choice
         return choice
 
-    def _warn_untuned(self, key: tuple) -> None:
+    def _warn_untuned(self, key: HalfKey) -> None:
         if not self._warned:
             self._warned = True
-            warnings.warn(f"separable-conv half {key[2]} was not tuned before a CUDA-graph capture or torch.compile "
+            warnings.warn(f"separable-conv half {key.shape} was not tuned before a CUDA-graph capture or torch.compile "
                           "trace: it runs PyTorch's kernels (run the engine once eagerly first)", stacklevel=3)
 
     # -------------------------------------------------------------------------------------------- tuning
@@ -238,7 +265,7 @@ class SepHalfTuner:
     def choice(self, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> HalfChoice | None:
         """The choice made for this call's shape, if any (loads the device's cached choices first)."""
         self._load(x.device)
-        return self._choices.get(self.key(x, depthwise, pointwise, relu))
+        return self._choices.get(HalfKey.of(x, depthwise, pointwise, relu))
 
     def tune(self, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> HalfChoice:
         """Time every candidate on this call's shape (synthetic data, the layer's weights) and keep the fastest
@@ -246,9 +273,9 @@ class SepHalfTuner:
         cached = self.choice(x, depthwise, pointwise, relu)
         if cached is not None:
             return cached
-        from .triton_sepconv import _config, _forward, _input_grad, kernel_weights
+        from .triton_sepconv import TORCH_KERNELS, _config, _forward, _input_grad, kernel_weights
 
-        key = self.key(x, depthwise, pointwise, relu)
+        key = HalfKey.of(x, depthwise, pointwise, relu)
         timer = self.timer or (cuda_event_timer if x.is_cuda else wall_clock_timer)
         stride, pad, dil = int(depthwise.stride[0]), int(depthwise.padding[0]), int(depthwise.dilation[0])
         g = torch.Generator(device=x.device).manual_seed(0)
@@ -256,7 +283,7 @@ class SepHalfTuner:
             xs = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
             xs.copy_(torch.randn(x.shape, generator=g, device=x.device, dtype=torch.float32))
             dw, pw, bias = kernel_weights(xs, depthwise, pointwise)
-            out = _forward(xs, dw, pw, bias, stride, pad, dil, relu, _config("torch"))
+            out = _forward(xs, dw, pw, bias, stride, pad, dil, relu, TORCH_KERNELS)
             grad_out = torch.randn(out.shape, generator=g, device=x.device, dtype=torch.float32).to(out.dtype)
             grad_out = grad_out.contiguous(memory_format=torch.channels_last)
             times: dict[str, dict[str, float]] = {"forward": {}, "backward": {}}
@@ -271,13 +298,13 @@ class SepHalfTuner:
                     try:
                         seconds = float(timer(fn, x.device))
                     except Exception as exc:  # noqa: BLE001 - a tiling that does not launch here is skipped
-                        self.log(f"  tuning {key[2]} {direction} {label}: failed ({type(exc).__name__}: "
+                        self.log(f"  tuning {key.shape} {direction} {label}: failed ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:80] if str(exc) else ''})")
                         continue
                     times[direction][label] = round(seconds * 1e6, 2)
         choice = self._remember(key, HalfChoice(_pick(times["forward"]), _pick(times["backward"]), times["forward"],
                                                 times["backward"]))
-        self.log(f"  tuned {key[2]} -> {key[4]} stride {key[6][0]}{' relu' if relu else ''} {key[1]}: forward "
+        self.log(f"  tuned {key.shape} -> {key.c_out} stride {key.stride[0]}{' relu' if relu else ''} {key.dtype}: forward "
                  f"{choice.forward} ({times['forward'].get(choice.forward, float('nan')):.1f} us, torch "
                  f"{times['forward'].get('torch', float('nan')):.1f}), backward {choice.backward} "
                  f"({times['backward'].get(choice.backward, float('nan')):.1f} us, torch "
@@ -305,7 +332,7 @@ class SepHalfTuner:
         self._loaded.add(signature)
         for text, entry in self._read_file().get("devices", {}).get(signature, {}).items():
             try:
-                key = _key_from_text(text, device)
+                key = HalfKey.from_text(text, device)
                 if key not in self._choices:
                     self._remember(key, HalfChoice.from_dict(entry))
             except (KeyError, TypeError, ValueError):
@@ -318,13 +345,10 @@ class SepHalfTuner:
         data = self._read_file() or {"version": CACHE_VERSION, "devices": {}}
         entries = data.setdefault("devices", {}).setdefault(signature, {})
         for key, choice in self._choices.items():
-            if key[0] == str(device):
-                entries[_key_to_text(key)] = choice.to_dict()
+            if key.device == str(device):
+                entries[key.to_text()] = choice.to_dict()
         try:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.cache_path)  # atomic: a concurrent reader sees the old or the new file
+            write_json_atomic(self.cache_path, data)  # a concurrent reader sees the old or the new file
         except OSError as exc:
             self.log(f"  tuning cache not written ({exc}); choices kept in memory")
 
@@ -332,9 +356,7 @@ class SepHalfTuner:
 
     def choices_as_dicts(self) -> list[dict]:
         """Every choice with its key spelled out (JSON-ready)."""
-        names = ("device", "dtype", "shape", "strides", "c_out", "kernel", "stride", "padding", "dilation", "relu",
-                 "bias")
-        return [{**dict(zip(names, key)), **choice.to_dict()} for key, choice in self._choices.items()]
+        return [{**key._asdict(), **choice.to_dict()} for key, choice in self._choices.items()]
 
     def table(self) -> str:
         """Markdown: per tuned shape, the chosen implementation of each direction with its time and PyTorch's."""
@@ -342,20 +364,10 @@ class SepHalfTuner:
                 "|---|---:|---:|---|---|---|---:|---|---:|"]
         for key, c in self._choices.items():
             f, b = c.forward_us, c.backward_us
-            rows.append(f"| {key[2]} | {key[4]} | {key[6][0]} | {'yes' if key[9] else 'no'} | {key[1]} | {c.forward} | "
+            rows.append(f"| {key.shape} | {key.c_out} | {key.stride[0]} | {'yes' if key.relu else 'no'} | {key.dtype} | {c.forward} | "
                         f"{f.get(c.forward, float('nan')):.1f} ({f.get('torch', float('nan')):.1f}) | {c.backward} | "
                         f"{b.get(c.backward, float('nan')):.1f} ({b.get('torch', float('nan')):.1f}) |")
         return "\n".join(rows)
-
-
-def _key_to_text(key: tuple) -> str:
-    return json.dumps(list(key[1:]))
-
-
-def _key_from_text(text: str, device: torch.device) -> tuple:
-    dtype, shape, strides, c_out, kernel, stride, pad, dil, relu, has_bias = json.loads(text)
-    return (str(device), str(dtype), tuple(shape), tuple(strides), int(c_out), tuple(kernel), tuple(stride),
-            tuple(pad), tuple(dil), bool(relu), bool(has_bias))
 
 
 _DEFAULT_TUNER: SepHalfTuner | None = None
