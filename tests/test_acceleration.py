@@ -336,10 +336,68 @@ def test_folded_parameters_follow_weight_changes_in_place():
         assert torch.allclose(engine(x), model.set_reference_mode(True)(x), rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_engine_equals_eager_and_never_recompiles_for_new_weights():
+def test_bf16_engine_keeps_its_weights_converted_and_follows_weight_changes():
+    """bf16 autocast: the engine used to cast every folded weight on every call (robnet_free: 1,212 casts per
+    attack step beside 1,562 convolutions, each one small kernel); the converted copies are now kept and
+    re-derived in place when training changes the weights, with the numbers of a freshly built engine."""
+    from robnets.acceleration.traffic import attack_step_traffic
+
+    torch.manual_seed(0)
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3).eval()
+    randomize_batchnorm(model)
+    engine = FastRobNet(model)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attack_step_traffic(engine, x, y)  # the first step derives the bf16 copies
+        step = attack_step_traffic(engine, x, y)
+        bf16 = (torch.bfloat16, None)
+        converted = [f for f in engine._folded if bf16 in f._derived]  # all but the stem (its input is fp32)
+        copies = [f._derived[bf16] for f in converted]
+        _perturb_weights(model)
+        logits, grad = logits_and_input_grad(engine, x, y)
+        fresh_logits, fresh_grad = logits_and_input_grad(FastRobNet(model), x, y)
+    convolutions = step.calls["convolution"]
+    assert convolutions > 100 and step.calls.get("_to_copy", 0) <= 8, step.calls  # input, classifier, loss
+    assert len(converted) == len(engine._folded) - 1 and all(w.dtype == torch.bfloat16 for w, _ in copies)
+    after = [f._derived[bf16] for f in converted]
+    assert all(old[0] is new[0] and old[1] is new[1] for old, new in zip(copies, after))  # refreshed in place
+    assert torch.equal(logits, fresh_logits) and torch.equal(grad, fresh_grad)
+
+
+def test_folded_copies_in_other_dtypes_and_layouts_follow_their_sources():
+    from robnets.acceleration.folding import FoldedConv, fold_parameters
+
+    torch.manual_seed(0)
+    depthwise = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+    pointwise, norm = torch.nn.Conv2d(6, 5, 1, bias=False), torch.nn.BatchNorm2d(5).eval()
+    randomize_batchnorm(norm)
+    dw, pw = FoldedConv(depthwise, None), FoldedConv(pointwise, norm)
+    dw.refresh_in_place = pw.refresh_in_place = True
+    tap_major = dw.parameters(torch.bfloat16, "tap_major")[0]
+    pw_weight, pw_bias = pw.parameters(torch.bfloat16)
+    assert dw.parameters()[0].data_ptr() == depthwise.weight.data_ptr()  # the source dtype: the parameter itself
+    for _ in range(2):
+        with torch.no_grad():
+            depthwise.weight.mul_(1.5)
+            pointwise.weight.add_(0.1)
+            norm.running_var.add_(0.2)
+        assert dw.parameters(torch.bfloat16, "tap_major")[0] is tap_major
+        assert torch.equal(tap_major, depthwise.weight.detach().to(torch.bfloat16)[:, 0].permute(1, 2, 0))
+        assert tap_major.is_contiguous() and tap_major.shape == (3, 3, 6)
+        weight, bias = fold_parameters(pointwise, norm)
+        assert pw.parameters(torch.bfloat16) == (pw_weight, pw_bias)
+        assert torch.equal(pw_weight, weight.detach().to(torch.bfloat16))
+        assert torch.equal(pw_bias, bias.detach().to(torch.bfloat16))
+    with pytest.raises(ValueError, match="unknown weight layout 'nhwc'; known: \\['tap_major'\\]"):
+        dw.parameters(torch.float32, "nhwc")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_engine_equals_eager_and_never_recompiles_for_new_weights(precision):
     """compile=...: one graph, no breaks (fullgraph), same logits and input gradients as the eager engine,
     and weight changes (training) reuse the graph instead of recompiling. A counting backend stands in for
-    Inductor, whose compilation of even a tiny RobNet takes ~50 s on 2 cores (test below, opt-in on CPU)."""
+    Inductor, whose compilation of even a tiny RobNet takes ~50 s on 2 cores (test below, opt-in on CPU).
+    bf16: the graph reads the engine's converted weights (no casts in it), refreshed in place."""
     torch._dynamo.reset()
     graphs = []
 
@@ -352,12 +410,15 @@ def test_compiled_engine_equals_eager_and_never_recompiles_for_new_weights():
     randomize_batchnorm(model)
     compiled, eager = FastRobNet(model, compile=counting_backend), FastRobNet(model)
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([1, 7])
-    for _ in range(2):
-        c_logits, c_grad = logits_and_input_grad(compiled, x, y)
-        e_logits, e_grad = logits_and_input_grad(eager, x, y)
-        assert torch.equal(c_logits, e_logits) and torch.equal(c_grad, e_grad)
-        _perturb_weights(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for _ in range(2):
+            c_logits, c_grad = logits_and_input_grad(compiled, x, y)
+            e_logits, e_grad = logits_and_input_grad(eager, x, y)
+            assert torch.equal(c_logits, e_logits) and torch.equal(c_grad, e_grad)
+            _perturb_weights(model)
     assert len(graphs) == 1
+    calls = [str(node.target) for node in graphs[0].graph.nodes if node.op in ("call_method", "call_function")]
+    assert sum("conv2d" in c for c in calls) > 100 and "to" not in calls, sorted(set(calls))
     # with the Triton kernels (opaque operators under compilation; run in tests/test_triton_kernels.py)
     assert FastRobNet(model, compile=counting_backend, kernels="triton").compiled
 

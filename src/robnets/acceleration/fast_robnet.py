@@ -30,13 +30,17 @@ from ..models.network import RobNet
 from ..models.ops import FactorizedReduce, Identity, ReLUConvBN, ResSepConv, SepConv
 from .folding import FoldedConv
 
-SepHalf = Callable[[torch.Tensor, nn.Conv2d, FoldedConv, bool], torch.Tensor]
+SepHalf = Callable[[torch.Tensor, "nn.Conv2d | FoldedConv", FoldedConv, bool], torch.Tensor]
 
 
-def torch_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
-    """(ReLU) -> depthwise 3x3 -> pointwise 1x1 with folded BN, with PyTorch convolutions."""
+def torch_sep_half(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool
+                   ) -> torch.Tensor:
+    """(ReLU) -> depthwise 3x3 -> pointwise 1x1 with folded BN, with PyTorch convolutions. The engine passes the
+    depthwise conv as a :class:`FoldedConv` (no BN), which keeps its weight ready in the input's dtype."""
     if relu:
         x = F.relu(x)
+    if isinstance(depthwise, FoldedConv):
+        return pointwise(depthwise(x))
     weight = depthwise.weight.detach()
     x = F.conv2d(x, weight.to(x.dtype) if weight.dtype != x.dtype and not torch.is_autocast_enabled() else weight,
                  None, depthwise.stride, depthwise.padding, depthwise.dilation, depthwise.groups)
@@ -48,8 +52,8 @@ class _FastSepConv:
 
     def __init__(self, op: SepConv) -> None:
         seq = op.op
-        self.dw1, self.pw1 = seq[1], FoldedConv(seq[2], seq[3])
-        self.dw2, self.pw2 = seq[5], FoldedConv(seq[6], seq[7])
+        self.dw1, self.pw1 = FoldedConv(seq[1], None), FoldedConv(seq[2], seq[3])
+        self.dw2, self.pw2 = FoldedConv(seq[5], None), FoldedConv(seq[6], seq[7])
 
     def __call__(self, rectified: torch.Tensor, half: SepHalf) -> torch.Tensor:
         mid = half(rectified, self.dw1, self.pw1, False)
@@ -205,7 +209,7 @@ class FastRobNet(nn.Module):
             folded.refresh_in_place = True
         self.compiled = compile is not False and compile is not None
         self._compiled_forward = None
-        self._tuned_inputs: set[tuple] = set()
+        self._prepared_inputs: set[tuple] = set()
         if self.compiled:
             # fullgraph: a graph break would silently split the fused regions, so fail loudly instead
             backend = "inductor" if compile is True else compile
@@ -232,19 +236,34 @@ class FastRobNet(nn.Module):
             raise ValueError(f"RobNet expects a float NCHW batch with 3 channels, got shape {tuple(x.shape)}")
         if self._compiled_forward is not None:
             self.refresh()  # eagerly; the compiled graph reads the refreshed cache
-            if self.kernels == "tuned":
-                self._tune_eagerly(x)
+            self._prepare_eagerly(x)
             return self._compiled_forward(x)
         return self._forward_impl(x)
 
-    def _tune_eagerly(self, x: torch.Tensor) -> None:
-        """Tuned kernels in a compiled engine: the choices are read while tracing (fake tensors, nothing to time),
-        so a new input shape first runs one eager forward, which times and chooses every half's kernels."""
-        key = (tuple(x.shape), x.dtype, str(x.device), torch.is_autocast_enabled(x.device.type))
-        if key not in self._tuned_inputs:
+    def _prepare_eagerly(self, x: torch.Tensor) -> None:
+        """A compiled engine reads, while tracing, what eager calls prepare: the weights converted to the
+        activations' dtype and the kernels' layouts (read, not re-derived, by the graph) and, with tuned
+        kernels, every half's choice (nothing can be timed on fake tensors, so a new kind of input first runs
+        one eager forward without gradients)."""
+        autocast = torch.is_autocast_enabled(x.device.type)
+        key = (tuple(x.shape), x.dtype, str(x.device), autocast)
+        if key in self._prepared_inputs:
+            return
+        if self.kernels == "tuned":
             with torch.no_grad():
                 self._forward_impl(x.detach())
-            self._tuned_inputs.add(key)
+        else:
+            self.prepare_weights(torch.get_autocast_dtype(x.device.type) if autocast else x.dtype)
+        self._prepared_inputs.add(key)
+
+    def prepare_weights(self, dtype: torch.dtype) -> None:
+        """Derive now the weight copies that calls with ``dtype`` activations read (the first call would derive
+        them anyway; a compiled graph or a captured CUDA graph must find them ready)."""
+        triton_layout = self.kernels in ("triton", "tuned")
+        for folded in self._folded:
+            folded.parameters(dtype)
+            if triton_layout and folded.bn is None and folded.conv.groups == folded.conv.in_channels > 1:
+                folded.parameters(dtype, "tap_major")
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         net = self.source

@@ -42,15 +42,58 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def conv_of(layer: nn.Conv2d | FoldedConv) -> nn.Conv2d:
+    """The convolution module behind ``layer`` (its stride, padding, groups...)."""
+    return layer.conv if isinstance(layer, FoldedConv) else layer
+
+
 def _same_layout(old: torch.Tensor | None, new: torch.Tensor) -> bool:
     return (old is not None and old.shape == new.shape and old.dtype == new.dtype and old.device == new.device
             and old.stride() == new.stride())
 
 
-class FoldedConv:
-    """A conv (+ folded BN) whose folded parameters are cached until a source tensor changes."""
+def _same_view(old: torch.Tensor | None, new: torch.Tensor) -> bool:
+    return _same_layout(old, new) and old.data_ptr() == new.data_ptr()
 
-    __slots__ = ("conv", "bn", "channels", "refresh_in_place", "_key", "_weight", "_bias")
+
+def _refreshed(old: tuple[torch.Tensor | None, torch.Tensor | None], new: tuple[torch.Tensor, torch.Tensor | None],
+               in_place: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``new`` (weight, bias), copied into ``old``'s tensors where ``in_place`` and the layouts allow: the tensors
+    keep their identity, so a torch.compile'd graph or a captured CUDA graph that read them stays valid (no
+    recompilation when training changes the weights); a backward through an older forward then fails loudly
+    (autograd's version check), never silently."""
+    (old_weight, old_bias), (weight, bias) = old, new
+    if in_place and _same_layout(old_weight, weight) and (
+            (old_bias is None and bias is None) or (bias is not None and _same_layout(old_bias, bias))):
+        old_weight.copy_(weight)
+        if bias is not None:
+            old_bias.copy_(bias)
+        return old_weight, old_bias
+    return weight, bias
+
+
+def _tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise weight (C, 1, KH, KW) as (KH, KW, C), the Triton kernels' layout: each tap's weights are
+    contiguous over channels, so a tile loads them as vectors (in (C, 1, KH, KW) they lie KH*KW elements apart:
+    one scalar load per channel and tap)."""
+    return weight[:, 0].permute(1, 2, 0).contiguous()
+
+
+#: Weight layouts a :class:`FoldedConv` can keep ready besides the conv's own (``None``).
+LAYOUTS = {"tap_major": _tap_major}
+
+
+class FoldedConv:
+    """A conv (+ folded BN) whose effective parameters are cached until a source tensor changes.
+
+    With ``bn=None`` it is the conv itself (a depthwise conv of a separable conv, say). Besides the folded
+    parameters in the source dtype it keeps the copies that calls asked for in other dtypes or layouts
+    (:meth:`parameters` with ``dtype`` / ``layout``): a bf16 attack would otherwise cast every weight on every
+    call, about 1,200 small kernels per robnet_free attack step, more than its convolutions. Every copy is
+    re-derived with the folded parameters when a source changes.
+    """
+
+    __slots__ = ("conv", "bn", "channels", "refresh_in_place", "_key", "_weight", "_bias", "_derived")
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, channels: slice | None = None) -> None:
         self.conv, self.bn, self.channels = conv, bn, channels
@@ -58,6 +101,8 @@ class FoldedConv:
         self._key: tuple | None = None
         self._weight: torch.Tensor | None = None
         self._bias: torch.Tensor | None = None
+        # (dtype, layout) -> (weight, bias): the derived copies, refreshed with the folded parameters
+        self._derived: dict[tuple[torch.dtype, str | None], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _sources(self) -> list[torch.Tensor]:
         tensors = [self.conv.weight] + ([self.conv.bias] if self.conv.bias is not None else [])
@@ -66,36 +111,64 @@ class FoldedConv:
                         if t is not None]
         return tensors
 
-    def parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Folded (weight, bias), detached: gradients through a folded view reach the input only."""
-        if self.bn is None:
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.bn is None:  # detached views of the parameters: always current, no copy to refresh
             return self.conv.weight.detach(), None if self.conv.bias is None else self.conv.bias.detach()
-        sources = self._sources()
-        key = tuple((id(t), t._version, t.device, t.dtype) for t in sources)
-        if key != self._key:
-            with torch.no_grad():
-                weight, bias = fold_parameters(self.conv, self.bn, self.channels)
-                if self.refresh_in_place and _same_layout(self._weight, weight) and _same_layout(self._bias, bias):
-                    # refreshed in place: the tensors keep their identity, so a torch.compile'd graph that
-                    # read them stays valid (no recompilation when training changes the weights); a backward
-                    # through an older forward then fails loudly (autograd's version check), never silently
-                    self._weight.copy_(weight)
-                    self._bias.copy_(bias)
-                else:
-                    self._weight, self._bias = weight, bias
-            self._key = key
-        return self._weight, self._bias
+        return fold_parameters(self.conv, self.bn, self.channels)
 
-    def cached(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _derive(self, dtype: torch.dtype, layout: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = self._weight.to(dtype)
+        weight = LAYOUTS[layout](weight) if layout is not None else weight.contiguous()
+        return weight, None if self._bias is None else self._bias.to(dtype).contiguous()
+
+    def _refresh(self) -> None:
+        with torch.no_grad():
+            weight, bias = self._fold()
+            if self.bn is None:
+                # views of the parameters: keep the tensor objects while they still view the same storage
+                if not (_same_view(self._weight, weight) and (bias is None or _same_view(self._bias, bias))):
+                    self._weight, self._bias = weight, bias
+            else:
+                self._weight, self._bias = _refreshed((self._weight, self._bias), (weight, bias),
+                                                      self.refresh_in_place)
+            for key, old in list(self._derived.items()):
+                self._derived[key] = _refreshed(old, self._derive(*key), self.refresh_in_place)
+
+    def parameters(self, dtype: torch.dtype | None = None, layout: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Folded (weight, bias), detached: gradients through a folded view reach the input only. ``dtype`` and
+        ``layout`` (a :data:`LAYOUTS` name) ask for a cached copy converted to that dtype and weight layout."""
+        sources = self._sources()
+        key = tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
+        if key != self._key:
+            self._refresh()
+            self._key = key
+        return self._lookup(dtype, layout)
+
+    def cached(self, dtype: torch.dtype | None = None, layout: str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The folded (weight, bias) as last refreshed, without checking the sources (compiled regions call
-        this after :meth:`parameters` ran eagerly for the same call)."""
-        if self.bn is None or self._weight is None:
-            return self.parameters()
-        return self._weight, self._bias
+        this after :meth:`parameters` ran eagerly for the same call). It never reads the source key, a tuple of
+        version numbers Dynamo would guard on (a recompilation after every weight change)."""
+        if self._weight is None:
+            return self.parameters(dtype, layout)
+        return self._lookup(dtype, layout)
+
+    def _lookup(self, dtype: torch.dtype | None, layout: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dtype = self._weight.dtype if dtype is None else dtype
+        if layout is None and dtype == self._weight.dtype:
+            return self._weight, self._bias
+        found = self._derived.get((dtype, layout))
+        if found is None:
+            if layout is not None and layout not in LAYOUTS:
+                raise ValueError(f"unknown weight layout {layout!r}; known: {sorted(LAYOUTS)}")
+            with torch.no_grad():
+                found = self._derive(dtype, layout)
+            if not torch.compiler.is_compiling():  # a trace computes it in its graph and must not store it
+                self._derived[(dtype, layout)] = found
+        return found
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.cached() if torch.compiler.is_compiling() else self.parameters()
+        weight, bias = self.cached(x.dtype) if torch.compiler.is_compiling() else self.parameters(x.dtype)
         conv = self.conv
-        return torch.nn.functional.conv2d(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight,
-                                          None if bias is None else bias.to(x.dtype), conv.stride,
-                                          conv.padding, conv.dilation, conv.groups)
+        return torch.nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)

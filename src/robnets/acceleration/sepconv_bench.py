@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models import create_model
 from .fast_robnet import FastRobNet, torch_sep_half
-from .folding import FoldedConv
+from .folding import FoldedConv, conv_of
 
 
 # Tilings benchmarks/sepconv_kernels.py sweeps (each timed forward and backward; the summary takes the best of
@@ -95,9 +95,9 @@ def sep_half_shapes(model_name: str, batch_size: int, **model_kwargs) -> list[Se
     engine = FastRobNet(model)
     seen: Counter = Counter()
 
-    def recording(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
+    def recording(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
         _, c, h, w = x.shape
-        seen[(c, pointwise.conv.out_channels, h, w, int(depthwise.stride[0]), bool(relu))] += 1
+        seen[(c, pointwise.conv.out_channels, h, w, int(conv_of(depthwise).stride[0]), bool(relu))] += 1
         return torch_sep_half(x, depthwise, pointwise, relu)
 
     engine._half = recording

@@ -48,7 +48,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .folding import FoldedConv
+from .folding import LAYOUTS, FoldedConv, conv_of
 from .numerics import observe_relu_input
 
 try:  # Triton is an optional dependency
@@ -630,22 +630,24 @@ def _square(value, name: str) -> int:  # noqa: ANN001
     return int(a)
 
 
-def kernel_weights(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
+def kernel_weights(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The weights as the kernels take them, in the input's dtype: the depthwise weight tap-major (KH, KW, C),
-    the folded pointwise weight as a (CO, C) matrix, the folded bias (or None)."""
-    # (KH, KW, C): each tap's weights contiguous over channels, so a tile loads them as vectors (the (C, 1, KH, KW)
-    # layout puts them KH*KW elements apart: one scalar load per channel and tap).
-    dw_weight = depthwise.weight.detach().to(x.dtype)[:, 0].permute(1, 2, 0).contiguous()
-    # compiled regions read the folded tensors as refreshed eagerly for this call (FoldedConv.cached)
-    weight, bias = pointwise.cached() if torch.compiler.is_compiling() else pointwise.parameters()
-    pw_weight = weight.detach().reshape(weight.shape[0], x.shape[1]).to(x.dtype).contiguous()
-    if bias is not None:
-        bias = bias.detach().to(x.dtype).contiguous()
+    the folded pointwise weight as a (CO, C) matrix, the folded bias (or None). The engine's depthwise convs are
+    :class:`FoldedConv` objects, which keep these copies between calls (re-derived when the weights change);
+    a bare ``nn.Conv2d`` is converted on every call."""
+    # compiled regions read the tensors as refreshed eagerly for this call (FoldedConv.cached)
+    compiling = torch.compiler.is_compiling()
+    if isinstance(depthwise, FoldedConv):
+        dw_weight = (depthwise.cached if compiling else depthwise.parameters)(x.dtype, "tap_major")[0]
+    else:
+        dw_weight = LAYOUTS["tap_major"](depthwise.weight.detach().to(x.dtype))
+    weight, bias = (pointwise.cached if compiling else pointwise.parameters)(x.dtype)
+    pw_weight = weight.reshape(weight.shape[0], x.shape[1]).contiguous()  # a view: the folded weight is contiguous
     return dw_weight, pw_weight, bias
 
 
-def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool, *,
+def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool, *,
                     forward_config: KernelConfig | None = None,
                     backward_config: KernelConfig | None = None) -> torch.Tensor:
     """(ReLU) -> depthwise KxK -> pointwise 1x1 with folded BN, as one fused Triton kernel (channels-last out).
@@ -665,6 +667,7 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
     if x.dim() != 4:
         raise ValueError(f"triton_sep_half expects an NCHW tensor, got shape {tuple(x.shape)}")
     c = x.shape[1]
+    dw_weights, depthwise = depthwise, conv_of(depthwise)
     if not (depthwise.groups == depthwise.in_channels == depthwise.out_channels == c):
         raise ValueError("triton_sep_half needs a depthwise conv (groups == in == out channels == input channels), "
                          f"got {depthwise} for {c} input channels")
@@ -680,7 +683,7 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv
     pad = _square(depthwise.padding, "padding")
     dil = _square(depthwise.dilation, "dilation")
 
-    dw_weight, pw_weight, bias = kernel_weights(x, depthwise, pointwise)
+    dw_weight, pw_weight, bias = kernel_weights(x, dw_weights, pointwise)
     if x.device.type == "cuda":
         for t in (dw_weight, pw_weight, bias):
             if t is not None and t.device != x.device:

@@ -36,7 +36,7 @@ from torch import nn
 from ..errors import RobnetsError
 from ..io import write_json_atomic
 from .fast_robnet import torch_sep_half
-from .folding import FoldedConv
+from .folding import FoldedConv, conv_of
 
 # Candidates timed per direction (labels of KernelConfig, 'torch' for PyTorch's kernels). Each compiles for
 # sm_90 without spills and with vector loads in its direction (results/triton-static.md); few, because each
@@ -91,7 +91,8 @@ class HalfKey(NamedTuple):
     bias: bool
 
     @classmethod
-    def of(cls, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> HalfKey:
+    def of(cls, x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool) -> HalfKey:
+        depthwise = conv_of(depthwise)
         return cls(str(x.device), str(x.dtype).removeprefix("torch."), tuple(x.shape), tuple(x.stride()),
                    pointwise.conv.out_channels, tuple(depthwise.kernel_size), tuple(depthwise.stride),
                    tuple(depthwise.padding), tuple(depthwise.dilation), bool(relu),
@@ -227,7 +228,7 @@ class SepHalfTuner:
 
     # ------------------------------------------------------------------------------------------ dispatch
 
-    def __call__(self, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool) -> torch.Tensor:
         key = HalfKey.of(x, depthwise, pointwise, relu)
         choice = self._choices.get(key)
         if choice is None:
@@ -262,12 +263,12 @@ class SepHalfTuner:
 
     # -------------------------------------------------------------------------------------------- tuning
 
-    def choice(self, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> HalfChoice | None:
+    def choice(self, x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool) -> HalfChoice | None:
         """The choice made for this call's shape, if any (loads the device's cached choices first)."""
         self._load(x.device)
         return self._choices.get(HalfKey.of(x, depthwise, pointwise, relu))
 
-    def tune(self, x: torch.Tensor, depthwise: nn.Conv2d, pointwise: FoldedConv, relu: bool) -> HalfChoice:
+    def tune(self, x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool) -> HalfChoice:
         """Time every candidate on this call's shape (synthetic data, the layer's weights) and keep the fastest
         per direction. Returns the (possibly cached) choice."""
         cached = self.choice(x, depthwise, pointwise, relu)
@@ -277,7 +278,8 @@ class SepHalfTuner:
 
         key = HalfKey.of(x, depthwise, pointwise, relu)
         timer = self.timer or (cuda_event_timer if x.is_cuda else wall_clock_timer)
-        stride, pad, dil = int(depthwise.stride[0]), int(depthwise.padding[0]), int(depthwise.dilation[0])
+        conv = conv_of(depthwise)
+        stride, pad, dil = int(conv.stride[0]), int(conv.padding[0]), int(conv.dilation[0])
         g = torch.Generator(device=x.device).manual_seed(0)
         with torch.no_grad():
             xs = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
