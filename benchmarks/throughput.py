@@ -4,6 +4,7 @@ FLOPs per image, achieved TFLOP/s and peak memory, for RobNets and a baseline, i
     python benchmarks/throughput.py                          # CUDA if present, else CPU
     python benchmarks/throughput.py --device cpu --batch-size 16 --models robnet_free,preact_resnet18
     python benchmarks/throughput.py --device cuda --max-batch --profile
+    python benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 --fast-batch-size 1024
 
 Writes results/throughput-<device>-<date>.{json,md}. Speed targets live here, never in tests.
 """
@@ -34,6 +35,9 @@ def main() -> int:
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, help="default: 256 on CUDA, 16 on CPU")
+    parser.add_argument("--fast-batch-size", type=int,
+                        help="the fast path's batch when it should differ from --batch-size (the plain path's): "
+                             "it needs about half the memory, so a larger batch fits (--max-batch finds the largest)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 10 CUDA, 2 CPU)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both paths")
     parser.add_argument("--workloads", default="forward,pgd20,train_pgd7")
@@ -62,20 +66,26 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch_size or (256 if device.type == "cuda" else 16)
+    for flag, value in (("--batch-size", args.batch_size), ("--fast-batch-size", args.fast_batch_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be a positive number of images, got {value}")
+    fast_batch = args.fast_batch_size or batch
     iters = args.iters or (10 if device.type == "cuda" else 2)
     precision = "bf16" if args.bf16 else "fp32"
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     workloads = tuple(w.strip() for w in args.workloads.split(","))
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "device_type": device.type, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-           "batch_size": batch, "precision": precision, "iters": iters, "fast_path_compiled": args.compile,
+           "batch_size": batch, "fast_batch_size": fast_batch, "precision": precision, "iters": iters, "fast_path_compiled": args.compile,
            "fast_kernels": os.environ.get("ROBNETS_FAST_KERNELS", "auto"), "date": time.strftime("%Y-%m-%d %H:%M")}
-    print(f"# throughput on {env['device']} ({device.type}), torch {env['torch']}, batch {batch}, {precision}, "
+    batches = f"batch {batch}" if fast_batch == batch else f"batch {batch} (plain) / {fast_batch} (fast)"
+    print(f"# throughput on {env['device']} ({device.type}), torch {env['torch']}, {batches}, {precision}, "
           f"{env['cpu_threads']} CPU threads", file=sys.stderr)
 
     measurements = []
     for name in models:
         measurements += measure_model(name, device, batch, iters=iters, precision=precision, workloads=workloads,
+                                      fast_batch_size=fast_batch, skip_out_of_memory=device.type == "cuda",
                                       log=lambda m: print(m, file=sys.stderr))
     table = ratio_table(measurements)
     print(table)

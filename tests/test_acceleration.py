@@ -615,3 +615,42 @@ def test_benchmark_results_are_written_as_json_and_a_table(tmp_path):
     assert data["rows"] == [{"a": 1}] and data["meta"]["model"] == "robnet_free"
     assert data["meta"]["torch"] == torch.__version__ and data["meta"]["date"]
     assert path.with_suffix(".md").read_text() == "| t |\n"
+
+
+def test_benchmark_runs_the_fast_path_at_its_own_batch_and_says_so():
+    """The fast path needs about half the memory, so the benchmark can run it at a larger batch than the plain
+    path (issue 3: 'the largest batch that fits'); rates are per image and the table names both batches."""
+    from robnets.acceleration.benchmark import measure_model, ratio_table
+
+    rows = measure_model("preact_resnet18", torch.device("cpu"), 1, iters=1, warmup=0, workloads=("forward",),
+                         fast_batch_size=3, log=lambda line: None)
+    by_path = {m.path: m for m in rows}
+    assert by_path["plain"].batch_size == 1 and by_path["fast"].batch_size == 3
+    for m in rows:
+        assert m.images_per_s == pytest.approx(m.batch_size / m.seconds_per_batch)
+    assert "| preact_resnet18 | forward | 1 / 3 |" in ratio_table(rows)
+    same = measure_model("preact_resnet18", torch.device("cpu"), 2, iters=1, warmup=0, workloads=("forward",),
+                         log=lambda line: None)
+    assert "| preact_resnet18 | forward | 2 |" in ratio_table(same)
+
+
+def test_benchmark_leaves_out_a_workload_that_runs_out_of_memory(monkeypatch):
+    from robnets.acceleration import benchmark
+
+    real_time = benchmark._time
+
+    def running_out_on_pgd(fn, device, iters, warmup):
+        if getattr(fn, "__name__", "") == "pgd_eval":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_time(fn, device, iters, warmup)
+
+    monkeypatch.setattr(benchmark, "_time", running_out_on_pgd)
+    lines = []
+    rows = benchmark.measure_model("preact_resnet18", torch.device("cpu"), 1, iters=1, warmup=0,
+                                   workloads=("pgd20", "forward"), paths=("fast",), skip_out_of_memory=True,
+                                   log=lines.append)
+    assert [m.workload for m in rows] == ["forward"]
+    assert any("pgd20" in line and "out of memory at batch 1: skipped" in line for line in lines)
+    with pytest.raises(torch.OutOfMemoryError):
+        benchmark.measure_model("preact_resnet18", torch.device("cpu"), 1, iters=1, warmup=0, workloads=("pgd20",),
+                                paths=("fast",), log=lines.append)

@@ -4,7 +4,9 @@
 #  0. the CUDA correctness test of the Triton kernels (rewritten without a GPU, sixth session);
 #  1. the default fast path against the plain one, robnet_free, forward / PGD-20 / PGD-7 step, fp32 (the H100 table);
 #  2. compiled + bf16 PGD-20 and PGD-7 step: the weight update is now compiled too (train.compile /
-#     compile_for_training; it took ~40 % of the compiled bf16 step on the H200 when it ran eagerly);
+#     compile_for_training; it took ~40 % of the compiled bf16 step on the H200 when it ran eagerly), the
+#     weights kept in bf16 (no casts in the graph), and the fast path at batch 1024 (it needs ~1/4 of the plain
+#     path's memory in bf16, and at 256 its ~20 us kernels pay fixed costs); the plain path at the original's 256;
 #  3. the separable-conv halves shape by shape, bf16: cuDNN against a sweep of Triton tilings
 #     (benchmarks/sepconv_kernels.py) - which tiling, if any, comes near memory speed. Every swept tiling
 #     compiles for sm_90, in the direction it is a candidate for, without register spills and with vector
@@ -28,7 +30,8 @@ timeout ${DEFAULT_T:-55} python3 benchmarks/throughput.py --device cuda --models
   --out "$OUT/default" 2>&1 | tail -8
 echo "== 2. compiled (attack engine and weight update) + bf16"
 timeout ${COMPILE_T:-220} python3 benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 \
-  --iters 4 --workloads pgd20,train_pgd7 --out "$OUT/compile-bf16" 2>&1 | tail -8
+  --batch-size 256 --fast-batch-size ${FAST_BATCH:-1024} --iters 4 --workloads pgd20,train_pgd7 \
+  --out "$OUT/compile-bf16" 2>&1 | tail -8
 echo "== 3. separable-conv halves: cuDNN vs Triton tilings, bf16"
 timeout ${KERNELS_T:-100} python3 benchmarks/sepconv_kernels.py --device cuda --model robnet_free --batch 256 \
   --dtype bf16 --configs sweep --shapes ${SHAPES:-3} --iters 10 --budget-s $(( ${KERNELS_T:-100} - 25 )) \

@@ -137,13 +137,22 @@ def _workloads(name: str, path: str, model: nn.Module, device: torch.device, x: 
 
 def measure_model(name: str, device: torch.device, batch_size: int, *, iters: int = 2, warmup: int = 1,
                   precision: str = "fp32", workloads: tuple[str, ...] = ("forward", "pgd20", "train_pgd7"),
-                  paths: tuple[str, ...] = ("plain", "fast"), log: Callable[[str], None] = print) -> list[Measurement]:
-    """Measure every workload for both paths of one model, on the same inputs."""
+                  paths: tuple[str, ...] = ("plain", "fast"), fast_batch_size: int | None = None,
+                  skip_out_of_memory: bool = False, log: Callable[[str], None] = print) -> list[Measurement]:
+    """Measure every workload for both paths of one model, on the same inputs. ``fast_batch_size``: the fast
+    path's batch, when it differs from the plain path's (it needs less memory, so a larger batch fits: part of
+    what the fast path is); the plain path's inputs are the first ``batch_size`` of the fast path's.
+    ``skip_out_of_memory``: a workload that runs out of GPU memory is logged and left out instead of ending
+    the run (a GPU session is short; the other rows still count)."""
+    batches = {"plain": batch_size, "fast": fast_batch_size or batch_size}
+    largest = max(batches[path] for path in paths)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, 3, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
+    x_all = torch.rand(largest, 3, 32, 32, generator=g).to(device)
+    y_all = torch.randint(0, 10, (largest,), generator=g).to(device)
     out = []
     for path in paths:
+        batch_size = batches[path]
+        x, y = x_all[:batch_size], y_all[:batch_size]
         torch.manual_seed(0)
         model = create_model(name).to(device)
         flops = flops_per_image(model)
@@ -151,8 +160,16 @@ def measure_model(name: str, device: torch.device, batch_size: int, *, iters: in
         for workload in workloads:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = _time(jobs[workload], device, iters if workload == "forward" else max(1, iters // 2),
-                            warmup)
+            try:
+                seconds = _time(jobs[workload], device, iters if workload == "forward" else max(1, iters // 2),
+                                warmup)
+            except torch.OutOfMemoryError:
+                if not skip_out_of_memory:
+                    raise
+                log(f"  {name:16s} {path:5s} {workload:10s} out of memory at batch {batch_size}: skipped")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
             ips = batch_size / seconds
             tflops = ips * flops * FLOP_MULTIPLIER[workload] / 1e12
@@ -182,7 +199,7 @@ def largest_batch(name: str, device: torch.device, start: int = 64, limit: int =
 
 def ratio_table(measurements: list[Measurement]) -> str:
     """Markdown table: per model and workload, plain and fast images/s, ratio, TFLOP/s, peak memory."""
-    rows = ["| model | workload | batch | FLOPs/img (G) | plain img/s | fast img/s | fast/plain | "
+    rows = ["| model | workload | batch (plain / fast) | FLOPs/img (G) | plain img/s | fast img/s | fast/plain | "
             "fast TFLOP/s | plain peak MiB | fast peak MiB |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     index = {(m.model, m.workload, m.path): m for m in measurements}
@@ -192,7 +209,9 @@ def ratio_table(measurements: list[Measurement]) -> str:
         plain = index.get((model, workload, "plain"))
         ratio = f"{m.images_per_s / plain.images_per_s:.2f}x" if plain else "-"
         mem = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-        rows.append(f"| {model} | {workload} | {m.batch_size} | {m.flops_per_image / 1e9:.3f} | "
+        batch = m.batch_size if plain is None or plain.batch_size == m.batch_size else \
+            f"{plain.batch_size} / {m.batch_size}"
+        rows.append(f"| {model} | {workload} | {batch} | {m.flops_per_image / 1e9:.3f} | "
                     f"{plain.images_per_s if plain else float('nan'):.1f} | {m.images_per_s:.1f} | {ratio} | "
                     f"{m.tflops:.3f} | {mem(plain.peak_memory_mib if plain else None)} | {mem(m.peak_memory_mib)} |")
     return "\n".join(rows)
