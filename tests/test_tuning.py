@@ -200,3 +200,34 @@ def test_throughput_benchmark_refuses_tuned_kernels_without_a_gpu_in_one_line():
         last = proc.stderr.strip().splitlines()[-1]
         assert "Traceback" not in proc.stderr, proc.stderr
         assert last.startswith("throughput.py: error:") and ("tuned" in last or "ROBNETS_FAST_KERNELS" in last), last
+
+
+def test_the_pytorch_direction_reads_conv2d_weights_without_a_copy_per_call():
+    """A direction that runs PyTorch's kernels takes the depthwise weight in conv2d's layout, kept by the
+    engine's FoldedConv: converting the Triton layout back on every call added a kernel to each call and to
+    PyTorch's timing in the tuner (a few us on a ~20 us half, beyond the 5 % margin)."""
+    from robnets.acceleration.fast_robnet import torch_sep_half
+    from robnets.acceleration.folding import FoldedConv
+    from robnets.acceleration.traffic import _Recorder
+    from robnets.acceleration.triton_sepconv import (DEFAULT_FORWARD_CONFIG, TORCH_KERNELS, _forward, _input_grad,
+                                                     depthwise_weight, pointwise_weights)
+
+    (x, depthwise, pointwise), relu = _half(c=8, c_out=6)
+    folded = FoldedConv(depthwise, None)
+    conv_layout = depthwise_weight(x, folded, TORCH_KERNELS)
+    assert conv_layout.data_ptr() == depthwise.weight.data_ptr()  # fp32: the parameter itself
+    tap_major = depthwise_weight(x, folded, DEFAULT_FORWARD_CONFIG)
+    assert tap_major.shape == (3, 3, 8) and depthwise_weight(x, folded, DEFAULT_FORWARD_CONFIG) is tap_major
+    bf16 = x.to(torch.bfloat16)
+    assert depthwise_weight(bf16, folded, TORCH_KERNELS) is depthwise_weight(bf16, folded, TORCH_KERNELS)
+    pw, bias = pointwise_weights(x, pointwise)
+    grad_out = torch.ones(x.shape[0], 6, *x.shape[2:]).contiguous(memory_format=torch.channels_last)
+    recorder = _Recorder()
+    with recorder:
+        out = _forward(x, conv_layout, pw, bias, 1, 1, 1, relu, TORCH_KERNELS)
+        grad = _input_grad(grad_out, x, conv_layout, pw, 1, 1, 1, relu, TORCH_KERNELS)
+    assert set(recorder.calls) == {"relu", "convolution", "convolution_backward", "threshold_backward"}, recorder.calls
+    xg = x.detach().clone().requires_grad_(True)
+    reference = torch_sep_half(xg, depthwise, pointwise, relu)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), [xg])
+    assert torch.equal(out, reference) and torch.equal(grad, reference_grad)

@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-_FREE = {"empty", "empty_like", "empty_strided", "zeros_like", "detach", "alias", "lift_fresh", "_to_copy_noop",
-         "set_", "resize_", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "is_same_size"}
+_FREE = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "zeros_like", "detach", "alias",
+         "lift_fresh", "_to_copy_noop", "set_", "resize_", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "is_same_size"}
 
 
 def _tensor_bytes(values) -> int:  # noqa: ANN001

@@ -126,8 +126,10 @@ DEFAULT_BACKWARD_CONFIG = KernelConfig(block_p=32, block_ci=64, block_co=32, num
 @dataclass(frozen=True)
 class TorchKernels:
     """In place of a :class:`KernelConfig`: this direction runs PyTorch's kernels (cuDNN on CUDA) on the same
-    prepared weights, so one direction of a half can be Triton and the other cuDNN (the per-shape tuner,
-    :mod:`robnets.acceleration.tuning`, picks each direction's fastest). Same function, same dtype contract."""
+    weights, so one direction of a half can be Triton and the other cuDNN (the per-shape tuner,
+    :mod:`robnets.acceleration.tuning`, picks each direction's fastest). Same function, same dtype contract.
+    Its depthwise weight keeps conv2d's (C, 1, KH, KW) layout (:func:`depthwise_weight`): converting the
+    Triton kernels' tap-major one back on every call would add a kernel to each call, and to its timing."""
 
     def label(self) -> str:
         return "torch"
@@ -436,8 +438,9 @@ def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
 
 
 def _forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, bias: torch.Tensor | None,
-             stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig) -> torch.Tensor:
-    """The forward kernel launch(es): (ReLU) -> depthwise -> pointwise + bias, channels-last output."""
+             stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig | TorchKernels) -> torch.Tensor:
+    """The forward kernel launch(es): (ReLU) -> depthwise -> pointwise + bias, channels-last output.
+    ``dw_weight`` is laid out for ``cfg`` (:func:`depthwise_weight`)."""
     if isinstance(cfg, TorchKernels):
         return _torch_forward(x, dw_weight, pw_weight, bias, stride, pad, dil, relu)
     n, c, h, w = x.shape
@@ -480,8 +483,9 @@ def _forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, 
 
 
 def _input_grad(grad_out: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
-                stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig) -> torch.Tensor:
-    """The backward kernel launch(es): the gradient with respect to ``x`` (channels-last)."""
+                stride: int, pad: int, dil: int, relu: bool, cfg: KernelConfig | TorchKernels) -> torch.Tensor:
+    """The backward kernel launch(es): the gradient with respect to ``x`` (channels-last). ``dw_weight`` is laid
+    out for ``cfg`` (:func:`depthwise_weight`)."""
     if isinstance(cfg, TorchKernels):
         return _torch_input_grad(grad_out, x, dw_weight, pw_weight, stride, pad, dil, relu)
     n, c, h, w = x.shape
@@ -524,17 +528,18 @@ class _SepHalfFunction(torch.autograd.Function):
     are detached folded views)."""
 
     @staticmethod
-    def forward(ctx, x, dw_weight, pw_weight, bias, stride, pad, dil, relu, configs):  # noqa: ANN001, ANN205
-        ctx.save_for_backward(x, dw_weight, pw_weight)
+    def forward(ctx, x, dw_weight, dw_weight_for_grad, pw_weight, bias,  # noqa: ANN001, ANN205
+                stride, pad, dil, relu, configs):  # noqa: ANN001
+        ctx.save_for_backward(x, dw_weight_for_grad, pw_weight)
         ctx.conf = (stride, pad, dil, relu, configs[1])
         return _forward(x, dw_weight, pw_weight, bias, stride, pad, dil, relu, configs[0])
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         if not ctx.needs_input_grad[0]:
-            return (None,) * 9
+            return (None,) * 10
         x, dw_weight, pw_weight = ctx.saved_tensors
-        return (_input_grad(grad_out, x, dw_weight, pw_weight, *ctx.conf),) + (None,) * 8
+        return (_input_grad(grad_out, x, dw_weight, pw_weight, *ctx.conf),) + (None,) * 9
 
 
 @lru_cache(maxsize=None)
@@ -542,18 +547,14 @@ def _config(label: str) -> KernelConfig | TorchKernels:
     return TORCH_KERNELS if label == "torch" else KernelConfig.from_label(label)
 
 
-def _depthwise_4d(dw_weight: torch.Tensor) -> torch.Tensor:
-    """The tap-major (KH, KW, C) depthwise weight back in conv2d's (C, 1, KH, KW) layout."""
-    return dw_weight.permute(2, 0, 1).unsqueeze(1).contiguous()
-
-
 def _torch_forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, bias: torch.Tensor | None,
                    stride: int, pad: int, dil: int, relu: bool) -> torch.Tensor:
-    """The forward with PyTorch's convolutions, in the input's dtype (what the fused kernel computes)."""
+    """The forward with PyTorch's convolutions, in the input's dtype (what the fused kernel computes);
+    ``dw_weight`` in conv2d's (C, 1, KH, KW) layout."""
     with _autocast_off(x.device):
         if relu:
             x = torch.relu(x)
-        mid = torch.nn.functional.conv2d(x, _depthwise_4d(dw_weight), None, stride, pad, dil, x.shape[1])
+        mid = torch.nn.functional.conv2d(x, dw_weight, None, stride, pad, dil, x.shape[1])
         y = torch.nn.functional.conv2d(mid, pw_weight[:, :, None, None], bias)
     return y.contiguous(memory_format=torch.channels_last)
 
@@ -561,13 +562,14 @@ def _torch_forward(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Te
 def _torch_input_grad(grad_out: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
                       stride: int, pad: int, dil: int, relu: bool) -> torch.Tensor:
     """The input gradient with PyTorch's convolution backward kernels (the ones autograd runs for
-    :func:`~robnets.acceleration.fast_robnet.torch_sep_half`), then the ReLU mask."""
+    :func:`~robnets.acceleration.fast_robnet.torch_sep_half`), then the ReLU mask; ``dw_weight`` in conv2d's
+    (C, 1, KH, KW) layout."""
     n, c = x.shape[:2]
     with _autocast_off(x.device):
         grad_out = grad_out.to(x.dtype)
         mid_shape = (n, c, grad_out.shape[2], grad_out.shape[3])
         grad_mid = torch.nn.grad.conv2d_input(mid_shape, pw_weight[:, :, None, None], grad_out)
-        grad_x = torch.nn.grad.conv2d_input(x.shape, _depthwise_4d(dw_weight), grad_mid, stride, pad, dil, c)
+        grad_x = torch.nn.grad.conv2d_input(x.shape, dw_weight, grad_mid, stride, pad, dil, c)
         if relu:
             grad_x = torch.ops.aten.threshold_backward(grad_x, x, 0)
     return grad_x.contiguous(memory_format=torch.channels_last)
@@ -583,15 +585,16 @@ def _define_custom_ops() -> None:
         return
 
     @torch.library.custom_op("robnets::triton_sep_half", mutates_args=())
-    def sep_half(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, bias: torch.Tensor | None,
-                 stride: int, pad: int, dil: int, relu: bool, forward_config: str,
+    def sep_half(x: torch.Tensor, dw_weight: torch.Tensor, dw_weight_for_grad: torch.Tensor, pw_weight: torch.Tensor,
+                 bias: torch.Tensor | None, stride: int, pad: int, dil: int, relu: bool, forward_config: str,
                  backward_config: str) -> torch.Tensor:
         return _forward(x, dw_weight, pw_weight, bias, stride, pad, dil, relu, _config(forward_config))
 
     @sep_half.register_fake
-    def _(x, dw_weight, pw_weight, bias, stride, pad, dil, relu, forward_config, backward_config):  # noqa: ANN001, ANN202, ARG001
+    def _(x, dw_weight, dw_weight_for_grad, pw_weight, bias,  # noqa: ANN001, ANN202, ARG001
+          stride, pad, dil, relu, forward_config, backward_config):  # noqa: ANN001, ARG001
         n, _, h, w = x.shape
-        kh, kw = dw_weight.shape[:2]
+        kh, kw = _kernel_size(dw_weight)
         shape = (n, pw_weight.shape[0], _out_size(h, kh, stride, pad, dil), _out_size(w, kw, stride, pad, dil))
         return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
 
@@ -605,7 +608,7 @@ def _define_custom_ops() -> None:
         return torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
 
     def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN202, ARG001
-        x, dw_weight, pw_weight, _bias, stride, pad, dil, relu, _forward_config, backward_config = inputs
+        x, _dw_weight, dw_weight, pw_weight, _bias, stride, pad, dil, relu, _forward_config, backward_config = inputs
         ctx.save_for_backward(x, dw_weight, pw_weight)
         ctx.conf = (stride, pad, dil, relu, backward_config)
 
@@ -614,7 +617,7 @@ def _define_custom_ops() -> None:
         if ctx.needs_input_grad[0]:
             x, dw_weight, pw_weight = ctx.saved_tensors
             grad_x = torch.ops.robnets.triton_sep_half_input_grad(grad_out, x, dw_weight, pw_weight, *ctx.conf)
-        return (grad_x,) + (None,) * 9
+        return (grad_x,) + (None,) * 10
 
     sep_half.register_autograd(backward, setup_context=setup_context)
 
@@ -630,21 +633,29 @@ def _square(value, name: str) -> int:  # noqa: ANN001
     return int(a)
 
 
-def kernel_weights(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The weights as the kernels take them, in the input's dtype: the depthwise weight tap-major (KH, KW, C),
-    the folded pointwise weight as a (CO, C) matrix, the folded bias (or None). The engine's depthwise convs are
-    :class:`FoldedConv` objects, which keep these copies between calls (re-derived when the weights change);
-    a bare ``nn.Conv2d`` is converted on every call."""
-    # compiled regions read the tensors as refreshed eagerly for this call (FoldedConv.cached)
-    compiling = torch.compiler.is_compiling()
+def _kernel_size(dw_weight: torch.Tensor) -> tuple[int, int]:
+    """(KH, KW) of a depthwise weight in either layout: conv2d's (C, 1, KH, KW) or tap-major (KH, KW, C)."""
+    return tuple(dw_weight.shape[-2:]) if dw_weight.dim() == 4 else tuple(dw_weight.shape[:2])
+
+
+def depthwise_weight(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, cfg: KernelConfig | TorchKernels
+                     ) -> torch.Tensor:
+    """The depthwise weight in the input's dtype, laid out for ``cfg``: tap-major (KH, KW, C) for a Triton tiling
+    (each tap's weights contiguous over channels, loaded as vectors), conv2d's (C, 1, KH, KW) for PyTorch's
+    kernels. The engine's depthwise convs are :class:`FoldedConv` objects, which keep both between calls
+    (re-derived when the weights change); a bare ``nn.Conv2d`` is converted on every call."""
+    layout = None if isinstance(cfg, TorchKernels) else "tap_major"
     if isinstance(depthwise, FoldedConv):
-        dw_weight = (depthwise.cached if compiling else depthwise.parameters)(x.dtype, "tap_major")[0]
-    else:
-        dw_weight = LAYOUTS["tap_major"](depthwise.weight.detach().to(x.dtype))
-    weight, bias = (pointwise.cached if compiling else pointwise.parameters)(x.dtype)
-    pw_weight = weight.reshape(weight.shape[0], x.shape[1]).contiguous()  # a view: the folded weight is contiguous
-    return dw_weight, pw_weight, bias
+        # compiled regions read the tensors as refreshed eagerly for this call (FoldedConv.cached)
+        return (depthwise.cached if torch.compiler.is_compiling() else depthwise.parameters)(x.dtype, layout)[0]
+    weight = depthwise.weight.detach().to(x.dtype)
+    return weight.contiguous() if layout is None else LAYOUTS[layout](weight)
+
+
+def pointwise_weights(x: torch.Tensor, pointwise: FoldedConv) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The folded pointwise weight as a (CO, C) matrix and the folded bias (or None), in the input's dtype."""
+    weight, bias = (pointwise.cached if torch.compiler.is_compiling() else pointwise.parameters)(x.dtype)
+    return weight.reshape(weight.shape[0], x.shape[1]).contiguous(), bias  # a view: the folded weight is contiguous
 
 
 def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool, *,
@@ -683,14 +694,15 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwis
     pad = _square(depthwise.padding, "padding")
     dil = _square(depthwise.dilation, "dilation")
 
-    dw_weight, pw_weight, bias = kernel_weights(x, dw_weights, pointwise)
+    dw_forward, dw_backward = (depthwise_weight(x, dw_weights, cfg) for cfg in configs)
+    pw_weight, bias = pointwise_weights(x, pointwise)
     if x.device.type == "cuda":
-        for t in (dw_weight, pw_weight, bias):
+        for t in (dw_forward, dw_backward, pw_weight, bias):
             if t is not None and t.device != x.device:
                 raise ValueError(f"weights on {t.device}, input on {x.device}")
     if relu:
         observe_relu_input(x)  # lets numerics.compare_with_float64 see the ReLU applied inside the kernel
     if torch.compiler.is_compiling():
-        return torch.ops.robnets.triton_sep_half(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu),
-                                                 configs[0].label(), configs[1].label())
-    return _SepHalfFunction.apply(x, dw_weight, pw_weight, bias, stride, pad, dil, bool(relu), configs)
+        return torch.ops.robnets.triton_sep_half(x, dw_forward, dw_backward, pw_weight, bias, stride, pad, dil,
+                                                 bool(relu), configs[0].label(), configs[1].label())
+    return _SepHalfFunction.apply(x, dw_forward, dw_backward, pw_weight, bias, stride, pad, dil, bool(relu), configs)

@@ -274,7 +274,7 @@ class SepHalfTuner:
         cached = self.choice(x, depthwise, pointwise, relu)
         if cached is not None:
             return cached
-        from .triton_sepconv import TORCH_KERNELS, _config, _forward, _input_grad, kernel_weights
+        from .triton_sepconv import TORCH_KERNELS, _config, _forward, _input_grad, depthwise_weight, pointwise_weights
 
         key = HalfKey.of(x, depthwise, pointwise, relu)
         timer = self.timer or (cuda_event_timer if x.is_cuda else wall_clock_timer)
@@ -284,14 +284,16 @@ class SepHalfTuner:
         with torch.no_grad():
             xs = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
             xs.copy_(torch.randn(x.shape, generator=g, device=x.device, dtype=torch.float32))
-            dw, pw, bias = kernel_weights(xs, depthwise, pointwise)
-            out = _forward(xs, dw, pw, bias, stride, pad, dil, relu, TORCH_KERNELS)
+            pw, bias = pointwise_weights(xs, pointwise)
+            out = _forward(xs, depthwise_weight(xs, depthwise, TORCH_KERNELS), pw, bias, stride, pad, dil, relu,
+                           TORCH_KERNELS)
             grad_out = torch.randn(out.shape, generator=g, device=x.device, dtype=torch.float32).to(out.dtype)
             grad_out = grad_out.contiguous(memory_format=torch.channels_last)
             times: dict[str, dict[str, float]] = {"forward": {}, "backward": {}}
             for direction, labels in (("forward", self.forward_candidates), ("backward", self.backward_candidates)):
                 for label in labels:
                     cfg = _config(label)
+                    dw = depthwise_weight(xs, depthwise, cfg)  # each candidate with its own layout, as it runs
                     if direction == "forward":
                         call = partial(_forward, xs, dw, pw, bias, stride, pad, dil, relu, cfg)
                     else:
