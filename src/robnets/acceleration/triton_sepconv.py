@@ -694,7 +694,10 @@ def triton_sep_half(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwis
     pad = _square(depthwise.padding, "padding")
     dil = _square(depthwise.dilation, "dilation")
 
-    dw_forward, dw_backward = (depthwise_weight(x, dw_weights, cfg) for cfg in configs)
+    dw_forward = depthwise_weight(x, dw_weights, configs[0])
+    # one lookup (a source-version check) per call when both directions read the same layout
+    same_layout = isinstance(configs[0], TorchKernels) == isinstance(configs[1], TorchKernels)
+    dw_backward = dw_forward if same_layout else depthwise_weight(x, dw_weights, configs[1])
     pw_weight, bias = pointwise_weights(x, pointwise)
     if x.device.type == "cuda":
         for t in (dw_forward, dw_backward, pw_weight, bias):
