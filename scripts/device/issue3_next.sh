@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 3, the next GPU session, one call (no data to carry; stages capped at 535 s in all). Name
+# Issue 3, the next GPU session, one call (no data to carry; stages capped at 575 s in all). Name
 # nvidia-h100-x1 when status allows: the issue's targets are H100 ratios.
 #  0. the CUDA correctness test of the Triton kernels (rewritten without a GPU, sixth session);
 #  1. the default fast path against the plain one, robnet_free, forward / PGD-20 / PGD-7 step, fp32 (the H100 table);
@@ -14,6 +14,8 @@
 #  4. the tuned engine end to end, bf16 PGD-20: each half's forward and backward run whichever of cuDNN and five
 #     Triton tilings was fastest on its shape (timed in the warm-up; the choices are printed after the table).
 #     Never slower than cuDNN per half beyond noise; faster wherever a tiling wins. (The old kernels: 0.24x.)
+#  5. robnet_large_v2's PGD-7 training step, fp32, batch 128 (the benchmark table's one empty GPU cell; last, so
+#     that a short budget cuts it first).
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -39,5 +41,8 @@ timeout ${KERNELS_T:-100} python3 benchmarks/sepconv_kernels.py --device cuda --
 echo "== 4. tuned engine (cuDNN or a Triton tiling per shape and direction), bf16 PGD-20"
 ROBNETS_TUNING_CACHE=$OUT/tuning.json timeout ${TUNED_T:-100} python3 benchmarks/throughput.py --device cuda \
   --models robnet_free --kernels tuned --bf16 --iters 2 --workloads pgd20 --out "$OUT/tuned-bf16" 2>&1 | tail -30
+echo "== 5. robnet_large_v2, PGD-7 training step, fp32"
+timeout ${LARGE_T:-40} python3 benchmarks/throughput.py --device cuda --models robnet_large_v2 --batch-size 128 \
+  --iters 1 --workloads train_pgd7 --out "$OUT/large_v2" 2>&1 | tail -4
 } 2>&1 | tee "$OUT/issue3_next.log"
 rm -f "$OUT"/*/*.md  # at most 8 files come back; the tables are in the log, the numbers in the JSON
