@@ -63,12 +63,6 @@ def test_ddp_train_state_tensors_equal_a_full_unpickle(reference_dir, monkeypatc
     assert all(torch.equal(ours[k.removeprefix("module.")], v) for k, v in full.items())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fixture inconsistency, not a loader bug: this checkpoint records one training step more than the "
-    "state its expected logits were computed from (BatchNorm num_batches_tracked 1001 vs 1000 in the other "
-    "fixtures; a non-zero SGD momentum buffer on classifier.bias). The saved tensors load exactly (see the "
-    "full-unpickle test); undoing the recorded SGD step and approximately reverting the BatchNorm update "
-    "brings the max logit error from 0.60 down to 0.04."))
 def test_ddp_train_state_reproduces_expected_logits(reference_dir):
     path, expected = _fixture(reference_dir, "robnet_large_v1_C8_L8_ddp_trainstate")
     model = load_model(path, "robnet_large_v1", **expected["model_param"])
