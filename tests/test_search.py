@@ -391,3 +391,114 @@ def test_two_gloo_processes_search_together(cifar_subset, tmp_path):
     per_rank = {r: [x["index"] for x in read_jsonl([folder / f"scores.rank{r}.jsonl"])] for r in (0, 1)}
     assert per_rank == {0: [0, 2], 1: [1, 3]}
     assert len(json.loads((folder / "architectures.json").read_text())) == 4
+
+
+# ---------------------------------------------------------------------------------- analyses with intervals
+def test_bootstrap_intervals_bracket_the_estimate_and_are_seeded():
+    from robnets.search.analysis import correlation as corr
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    y = 0.6 * x + rng.normal(scale=0.8, size=40)
+    c = corr(x.tolist(), y.tolist())
+    assert c["n"] == 40
+    for key in ("pearson", "kendall"):
+        low, high = c[f"{key}_ci"]
+        assert low < c[key] < high and high - low < 1.0
+    assert corr(x.tolist(), y.tolist()) == c  # deterministic
+    noise = corr(x.tolist(), rng.normal(size=40).tolist())
+    assert noise["kendall_ci"][0] < 0 < noise["kendall_ci"][1]
+    # non-finite values are dropped, not propagated
+    assert corr([1, 2, float("nan"), 4, 5], [1, 2, 3, 5, 4])["n"] == 4
+
+
+def test_partial_correlation_separates_placement_from_the_convolution_count():
+    from robnets.search.analysis import partial_correlation
+
+    rng = np.random.default_rng(1)
+    convs = rng.integers(2, 12, size=80).astype(float)
+    direct = np.clip(np.round(0.4 * convs + rng.normal(0, 0.7, size=80)), 0, 4)  # correlated with the count
+    only_count = (3 * convs + rng.normal(scale=1.0, size=80)).tolist()     # placement irrelevant
+    raw = correlation(direct.tolist(), only_count)
+    partial = partial_correlation(direct.tolist(), only_count, convs.tolist())
+    assert raw["kendall"] > 0.5                       # the raw correlation is confounded
+    assert partial["kendall_ci"][0] < 0 < partial["kendall_ci"][1]
+    placement = (3 * convs + 4 * direct + rng.normal(scale=1.0, size=80)).tolist()
+    assert partial_correlation(direct.tolist(), placement, convs.tolist())["kendall_ci"][0] > 0.2
+
+
+def test_fsp_filter_effect_keeps_the_robust_half_when_loss_predicts_robustness():
+    from robnets.search.analysis import fsp_filter_effect
+
+    fsp = list(range(20))
+    adv = [40 - 0.5 * f for f in fsp]
+    effect = fsp_filter_effect(fsp, adv, keep=0.5)
+    assert effect["difference"] == pytest.approx(5.0) and effect["top_quarter_kept"] == 1.0
+    assert effect["difference_ci"][0] > 0
+    reversed_effect = fsp_filter_effect(fsp, adv[::-1], keep=0.5)
+    assert reversed_effect["difference"] == pytest.approx(-5.0) and reversed_effect["top_quarter_kept"] == 0.0
+
+
+# ------------------------------------------------------------- one supernet for several samplings, noise floor
+def test_an_inherited_supernet_scores_like_the_search_that_trained_it(finished_search, cifar_subset, tmp_path):
+    from robnets.config import load_config
+
+    source = finished_search / "supernet.safetensors"
+    config = load_config(SEARCH, _settings(**{"search.supernet_weights": str(source),
+                                              "search.supernet_max_steps": 1}))
+    result = Search(config, output_dir=tmp_path / "reuse", data_dir=cifar_subset, progress=False,
+                    log_to_stderr=False).run()
+    assert result.completed
+    log = (tmp_path / "reuse" / "search.log").read_text()
+    assert "supernet inherited from" in log and "supernet:" not in log  # nothing trained
+    reference, reused = _scores(finished_search), _scores(tmp_path / "reuse")
+    assert [(reused[i]["clean"], reused[i]["adv"]) for i in range(4)] == \
+        [(reference[i]["clean"], reference[i]["adv"]) for i in range(4)]
+    assert (tmp_path / "reuse" / "supernet.safetensors").read_bytes() == source.read_bytes()
+
+
+def test_a_supernet_of_another_shape_or_no_supernet_is_refused_in_one_line(finished_search, cifar_subset,
+                                                                            tmp_path, capsys):
+    from robnets.cli import main
+    from robnets.models import create_model
+    from robnets.models.checkpoint import save_weights
+
+    other = save_weights(create_model("robnet_large_v1", C=4, layers=3), tmp_path / "net.safetensors") or \
+        tmp_path / "net.safetensors"
+    cases = [(finished_search / "supernet.safetensors", ["search.C=6"], "C=4 (this search: 6)"),
+             (other, [], "is not a robnets supernet"),
+             (tmp_path / "missing.safetensors", [], "does not exist")]
+    for i, (path, extra, message) in enumerate(cases):
+        folder = tmp_path / f"bad{i}"
+        code = main(["search", "--config", SEARCH, "--data-dir", str(cifar_subset), "--output-dir", str(folder),
+                     "--no-progress", *_args(_settings(**{"search.supernet_weights": str(path)}) + extra)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+        assert not folder.exists()  # nothing written
+
+
+def test_rescoring_measures_the_noise_floor_and_resumes(finished_search, cifar_subset, tmp_path, capsys):
+    from robnets.cli import main
+
+    folder = tmp_path / "search"
+    shutil.copytree(finished_search, folder)
+    assert main(["search", "--rescore", str(folder), "--candidates", "3", "--finetune-seed", "1",
+                 "--data-dir", str(cifar_subset), "--no-progress"]) == 0
+    assert "noise floor (3 candidates" in capsys.readouterr().out
+    floor = json.loads((folder / "noise_floor.json").read_text())
+    again = read_jsonl([folder / "rescore-seed1.jsonl"])
+    assert floor["n"] == 3 and len(again) == 3 and all(r["finetune_seed"] == 1 for r in again)
+    first = _scores(finished_search)
+    ranked = [r["index"] for r in rank(list(first.values()))]
+    assert floor["indices"] == sorted([ranked[0], ranked[len(ranked) // 2], ranked[-1]])
+    assert floor["adv_first"] == [first[i]["adv"] for i in floor["indices"]]
+    # another seed draws other fine-tuning batches: the fine-tuning loss differs
+    assert any(r["finetune_loss"] != first[r["index"]]["finetune_loss"] for r in again)
+    assert (folder / "noise_floor.png").read_bytes()[:4] == b"\x89PNG"
+    # resumable: a second call scores nothing again
+    assert main(["search", "--rescore", str(folder), "--candidates", "3", "--data-dir", str(cifar_subset),
+                 "--no-progress"]) == 0
+    assert len(read_jsonl([folder / "rescore-seed1.jsonl"])) == 3
+    # the seed the search used is refused in one line
+    assert main(["search", "--rescore", str(folder), "--finetune-seed", "0", "--data-dir", str(cifar_subset)]) == 2
+    assert "choose another" in capsys.readouterr().err

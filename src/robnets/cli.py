@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p_search.add_argument("--distributed", action="store_true",
                           help="join a torchrun/slurm process group: DDP supernet, candidates sharded over ranks")
+    p_search.add_argument("--rescore", metavar="FOLDER",
+                          help="noise floor of the finished search in FOLDER: score --candidates of its candidates "
+                               "again with --finetune-seed and report the rank correlation of the two scorings")
+    p_search.add_argument("--candidates", type=int, default=12, metavar="N",
+                          help="with --rescore: how many candidates, spread over the ranking (default 12)")
+    p_search.add_argument("--finetune-seed", type=int, default=1, metavar="S",
+                          help="with --rescore: the other fine-tuning seed (default 1)")
     p_search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p_search.add_argument("--no-progress", action="store_true")
 
@@ -339,6 +347,21 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"search.device={args.device}"] if args.device else [])
     folder = args.output_dir
+    if args.rescore is not None:
+        saved = Path(args.rescore) / "config.yaml"
+        if not saved.is_file():
+            raise RobnetsError(f"--rescore {args.rescore}: expected a finished search folder holding config.yaml")
+        search = Search(load_config(saved, overrides), output_dir=args.rescore, data_dir=args.data_dir,
+                        progress=not args.no_progress)
+        floor = search.rescore(args.candidates, args.finetune_seed)
+        if floor is None:
+            print(f"re-scoring stopped: run the same command to continue ({args.rescore})")
+            return 128 + (search.stop_signal or signal.SIGTERM)
+        from .search.analysis import describe
+
+        print(f"noise floor ({floor['n']} candidates, fine-tuning seeds {floor['finetune_seeds']}), adversarial "
+              f"accuracy of the two scorings: {describe(floor['adv'])}; {Path(args.rescore) / 'noise_floor.json'}")
+        return 0
     if args.resume is not None:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():

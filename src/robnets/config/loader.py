@@ -138,6 +138,8 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"search.{key} must be at least 1, got {getattr(s, key)}")
     if s.C % 2:
         raise ConfigError(f"search.C must be even, got {s.C}")
+    if s.finetune_seed < 0:
+        raise ConfigError(f"search.finetune_seed must be a non-negative integer, got {s.finetune_seed}")
     if not 0.0 < s.fsp_keep <= 1.0:
         raise ConfigError(f"search.fsp_keep must lie in (0, 1], got {s.fsp_keep}")
     return config

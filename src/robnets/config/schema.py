@@ -143,6 +143,9 @@ class SearchConfig:
     weight_decay: float = 5e-4
     precision: str = "fp32"
     checkpoint_every_steps: int = 200
+    # a trained supernet.safetensors (of another search with the same macro structure) to inherit instead of
+    # training one; copied into the run folder, so one supernet can serve several candidate samplings
+    supernet_weights: str | None = None
     # candidates
     num_samples: int = 64
     sampling: str = "uniform"  # uniform | density | budget
@@ -152,6 +155,7 @@ class SearchConfig:
     bn_recalibration_batches: int = 8  # training batches re-estimating BatchNorm statistics of a subnetwork
     finetune_steps: int = 100
     finetune_lr: float = 0.02
+    finetune_seed: int = 0  # another value draws other fine-tuning batches and noise (re-scoring: noise floor)
     eval_size: int = 500  # held-out images scoring each candidate (clean and PGD)
     eval_attack_steps: int = 10
     # FSP analysis and filter (cell-free search rejects high-FSP-loss samples before fine-tuning)

@@ -9,22 +9,131 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from scipy import stats
 
 
-def correlation(xs: list[float], ys: list[float]) -> dict[str, Any]:
-    """Pearson r and Kendall tau (with p-values) of paired values; None where undefined (n < 3, constant)."""
-    pairs = [(x, y) for x, y in zip(xs, ys)
-             if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
-    out: dict[str, Any] = {"n": len(pairs), "pearson": None, "pearson_p": None, "kendall": None, "kendall_p": None}
-    if len(pairs) < 3:
-        return out
-    a, b = zip(*pairs)
+BOOTSTRAP_SAMPLES = 2000
+
+
+def _finite_pairs(*columns: list) -> list[tuple]:
+    return [row for row in zip(*columns)
+            if all(v is not None and math.isfinite(v) for v in row)]
+
+
+def _bootstrap_ci(statistic, rows: list[tuple], samples: int, seed: int) -> list[float] | None:  # noqa: ANN001
+    """95 % percentile interval of ``statistic(rows)`` over ``samples`` resamples of the rows (seeded)."""
+    if samples <= 0 or len(rows) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        picked = [rows[i] for i in rng.integers(0, len(rows), len(rows))]
+        value = statistic(picked)
+        if value is not None and math.isfinite(value):
+            values.append(value)
+    if len(values) < samples // 2:  # most resamples degenerate (constant columns): no honest interval
+        return None
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def _pearson(rows: list[tuple]) -> float | None:
+    a, b = zip(*rows)
     if len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    return float(stats.pearsonr(a, b)[0])
+
+
+def _kendall(rows: list[tuple]) -> float | None:
+    a, b = zip(*rows)
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    return float(stats.kendalltau(a, b)[0])
+
+
+def correlation(xs: list[float], ys: list[float], *, bootstrap: int = BOOTSTRAP_SAMPLES,
+                seed: int = 0) -> dict[str, Any]:
+    """Pearson r and Kendall tau of paired values, with p-values and bootstrap 95 % intervals (``*_ci``).
+
+    Pairs with a missing or non-finite value are dropped (``n`` counts the rest); None where undefined (n < 3,
+    a constant column)."""
+    rows = _finite_pairs(xs, ys)
+    out: dict[str, Any] = {"n": len(rows), "pearson": None, "pearson_p": None, "pearson_ci": None,
+                           "kendall": None, "kendall_p": None, "kendall_ci": None}
+    if len(rows) < 3 or _pearson(rows) is None:
         return out
+    a, b = zip(*rows)
     r, rp = stats.pearsonr(a, b)
     tau, tp = stats.kendalltau(a, b)
-    out.update(pearson=float(r), pearson_p=float(rp), kendall=float(tau), kendall_p=float(tp))
+    out.update(pearson=float(r), pearson_p=float(rp), kendall=float(tau), kendall_p=float(tp),
+               pearson_ci=_bootstrap_ci(_pearson, rows, bootstrap, seed),
+               kendall_ci=_bootstrap_ci(_kendall, rows, bootstrap, seed))
+    return out
+
+
+def _residualize(rows: list[tuple]) -> list[tuple] | None:
+    """(x, y) residuals of rows (x, y, z) after a least-squares fit of each on z (with an intercept)."""
+    x, y, z = (np.asarray(col, dtype=float) for col in zip(*rows))
+    if np.ptp(z) == 0:
+        return None
+    design = np.stack([np.ones_like(z), z], axis=1)
+    rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    return list(zip(np.round(rx, 12).tolist(), np.round(ry, 12).tolist()))
+
+
+def partial_correlation(xs: list[float], ys: list[float], control: list[float], *,
+                        bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, Any]:
+    """Correlation of x and y with ``control`` held fixed (both regressed on it), with bootstrap intervals
+    that redo the regression in every resample. Used for convolution placement at a given convolution count."""
+    rows = _finite_pairs(xs, ys, control)
+    out: dict[str, Any] = {"n": len(rows), "pearson": None, "pearson_ci": None, "kendall": None, "kendall_ci": None}
+    residuals = _residualize(rows) if len(rows) >= 4 else None
+    if residuals is None or _pearson(residuals) is None:
+        return out
+
+    def stat(fn):  # noqa: ANN001, ANN202
+        def apply(sample: list[tuple]) -> float | None:
+            res = _residualize(sample)
+            return None if res is None or _pearson(res) is None else fn(res)
+        return apply
+
+    out.update(pearson=_pearson(residuals), kendall=_kendall(residuals),
+               pearson_ci=_bootstrap_ci(stat(_pearson), rows, bootstrap, seed),
+               kendall_ci=_bootstrap_ci(stat(_kendall), rows, bootstrap, seed))
+    return out
+
+
+def fsp_filter_effect(fsp: list[float], adv: list[float], keep: float = 0.5, *,
+                      bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, Any]:
+    """What the paper's FSP filter would have done: keep the ``keep`` fraction with the lowest inherited
+    deep-cell FSP loss, and compare the kept and rejected candidates' adversarial accuracy after fine-tuning.
+
+    ``difference`` = mean adv kept - mean adv rejected (positive: the filter keeps the more robust ones), with a
+    bootstrap interval; ``top_quarter_kept`` = the fraction of the most robust quarter the filter keeps (chance:
+    ``keep``)."""
+    rows = _finite_pairs(fsp, adv)
+    out: dict[str, Any] = {"n": len(rows), "keep": keep, "kept_mean_adv": None, "rejected_mean_adv": None,
+                           "difference": None, "difference_ci": None, "top_quarter_kept": None}
+    if len(rows) < 4:
+        return out
+
+    def difference(sample: list[tuple]) -> float | None:
+        ordered = sorted(sample)
+        k = max(1, min(len(ordered) - 1, math.ceil(keep * len(ordered))))
+        kept, rejected = ordered[:k], ordered[k:]
+        return sum(a for _, a in kept) / len(kept) - sum(a for _, a in rejected) / len(rejected)
+
+    ordered = sorted(rows)
+    k = max(1, min(len(rows) - 1, math.ceil(keep * len(rows))))
+    kept = {id(r) for r in ordered[:k]}
+    by_adv = sorted(rows, key=lambda r: -r[1])
+    top = by_adv[:max(1, len(rows) // 4)]
+    out.update(kept_mean_adv=sum(a for _, a in ordered[:k]) / k,
+               rejected_mean_adv=sum(a for _, a in ordered[k:]) / (len(rows) - k),
+               difference=difference(rows), difference_ci=_bootstrap_ci(difference, rows, bootstrap, seed),
+               top_quarter_kept=sum(id(r) in kept for r in top) / len(top))
     return out
 
 
@@ -50,26 +159,42 @@ def conv_placement(records: list[dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(records: list[dict]) -> dict[str, Any]:
-    """All correlations the paper reports, over the scored records."""
+def summarize(records: list[dict], *, fsp_keep: float | None = 0.5) -> dict[str, Any]:
+    """All correlations the paper's findings rest on, over the scored records, with bootstrap intervals.
+
+    Finding 1: density vs adversarial accuracy. Finding 2: convolutions vs adversarial accuracy, and
+    convolutions on direct edges at a given convolution count (partial correlation; per budget as well).
+    Finding 3: deep-cell FSP loss (after fine-tuning; and of the inherited weights, as the filter sees it) vs
+    the clean-adversarial gap and vs adversarial accuracy, and what filtering by it would keep (``fsp_keep``;
+    None when the records are what a real filter already kept)."""
     density = [r["density"] for r in records]
     adv = [r["adv"] for r in records]
     gap = [r["gap"] for r in records]
+    convs = [r["convs_per_cell"] for r in records]
+    direct = [r["direct_convs_per_cell"] for r in records]
     out: dict[str, Any] = {
         "n": len(records),
         "density_vs_adv": correlation(density, adv),
         "density_vs_clean": correlation(density, [r["clean"] for r in records]),
-        "convs_vs_adv": correlation([r["convs_per_cell"] for r in records], adv),
-        "direct_convs_vs_adv": correlation([r["direct_convs_per_cell"] for r in records], adv),
+        "convs_vs_adv": correlation(convs, adv),
+        "direct_convs_vs_adv": correlation(direct, adv),
+        "direct_convs_vs_adv_given_convs": partial_correlation(direct, adv, convs),
         "conv_placement": conv_placement(records),
     }
     if any(r.get("fsp_deep") is not None for r in records):
-        out["fsp_deep_vs_gap"] = correlation([r.get("fsp_deep") for r in records], gap)
-        out["fsp_deep_vs_adv"] = correlation([r.get("fsp_deep") for r in records], adv)
+        fsp = [r.get("fsp_deep") for r in records]
+        out["fsp_deep_vs_gap"] = correlation(fsp, gap)
+        out["fsp_deep_vs_adv"] = correlation(fsp, adv)
         n_cells = max(len(r.get("fsp") or []) for r in records)
         out["fsp_per_cell_vs_gap"] = [
-            correlation([(r.get("fsp") or [None] * n_cells)[i] for r in records], gap)["kendall"]
+            correlation([(r.get("fsp") or [None] * n_cells)[i] for r in records], gap, bootstrap=0)["kendall"]
             for i in range(n_cells)]
+    if any(r.get("fsp_inherited_deep") is not None for r in records):
+        inherited = [r.get("fsp_inherited_deep") for r in records]
+        out["fsp_inherited_deep_vs_gap"] = correlation(inherited, gap)
+        out["fsp_inherited_deep_vs_adv"] = correlation(inherited, adv)
+        if fsp_keep is not None:
+            out["fsp_filter"] = fsp_filter_effect(inherited, adv, keep=fsp_keep)
     return out
 
 
@@ -94,61 +219,104 @@ def ranking_table(records: list[dict], top: int = 20) -> str:
     return "\n".join(lines)
 
 
-def summary_text(summary: dict[str, Any]) -> str:
-    """Human-readable correlations."""
-    def line(name: str, c: dict) -> str:
-        return (f"| {name} | {c['n']} | {_fmt(c['pearson'])} | {_fmt(c['pearson_p'], 3)} | {_fmt(c['kendall'])} | "
-                f"{_fmt(c['kendall_p'], 3)} |")
+def _ci(interval: list[float] | None) -> str:
+    return "-" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
 
-    lines = ["| relation | n | Pearson r | p | Kendall tau | p |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for key, label in (("density_vs_adv", "density vs adversarial acc"), ("density_vs_clean", "density vs clean acc"),
-                       ("convs_vs_adv", "convolutions vs adversarial acc"),
-                       ("direct_convs_vs_adv", "direct-edge convolutions vs adversarial acc"),
-                       ("fsp_deep_vs_gap", "deep-cell FSP loss vs clean-adv gap"),
-                       ("fsp_deep_vs_adv", "deep-cell FSP loss vs adversarial acc")):
-        if key in summary:
-            lines.append(line(label, summary[key]))
+
+def describe(c: dict[str, Any]) -> str:
+    """One line for a correlation: Kendall tau and Pearson r with their intervals, and n."""
+    if c.get("kendall") is None:
+        return f"undefined (n={c['n']}: too few points or a constant column)"
+    return (f"Kendall tau {c['kendall']:.2f} {_ci(c.get('kendall_ci'))}, Pearson r {c['pearson']:.2f} "
+            f"{_ci(c.get('pearson_ci'))}, n={c['n']}")
+
+
+SUMMARY_ROWS = (("density_vs_adv", "density vs adversarial acc"), ("density_vs_clean", "density vs clean acc"),
+                ("convs_vs_adv", "convolutions vs adversarial acc"),
+                ("direct_convs_vs_adv", "direct-edge convolutions vs adversarial acc"),
+                ("direct_convs_vs_adv_given_convs", "direct-edge convolutions vs adversarial acc, at equal convolutions"),
+                ("fsp_deep_vs_gap", "deep-cell FSP loss vs clean-adv gap"),
+                ("fsp_deep_vs_adv", "deep-cell FSP loss vs adversarial acc"),
+                ("fsp_inherited_deep_vs_gap", "inherited deep-cell FSP loss vs clean-adv gap"),
+                ("fsp_inherited_deep_vs_adv", "inherited deep-cell FSP loss vs adversarial acc"))
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """Markdown table of the correlations (bootstrap 95 % intervals in brackets) and the FSP filter's effect."""
+    lines = ["| relation | n | Pearson r [95 % CI] | Kendall tau [95 % CI] | p (tau) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for key, label in SUMMARY_ROWS:
+        c = summary.get(key)
+        if c is None:
+            continue
+        lines.append(f"| {label} | {c['n']} | {_fmt(c['pearson'], 2)} {_ci(c.get('pearson_ci'))} | "
+                     f"{_fmt(c['kendall'], 2)} {_ci(c.get('kendall_ci'))} | {_fmt(c.get('kendall_p'), 3)} |")
+    f = summary.get("fsp_filter")
+    if f and f["difference"] is not None:
+        lines.append("")
+        lines.append(f"FSP filter (keep the {f['keep']:.0%} lowest inherited deep-cell FSP losses, n={f['n']}): kept "
+                     f"{f['kept_mean_adv']:.2f} % vs rejected {f['rejected_mean_adv']:.2f} % mean adversarial accuracy, "
+                     f"difference {f['difference']:+.2f} pp {_ci(f['difference_ci'])}; it keeps "
+                     f"{f['top_quarter_kept']:.0%} of the most robust quarter (chance: {f['keep']:.0%}).")
     return "\n".join(lines)
 
 
 def plot(records: list[dict], summary: dict[str, Any], folder: str | Path) -> list[Path]:
-    """PNG plots: density vs adversarial accuracy, deep-cell FSP loss vs gap, the ranking."""
+    """PNG plots of the findings: density, convolution placement, FSP loss (after fine-tuning and inherited,
+    the latter with the filter's cut), and the ranking."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
-    written = []
+    written: list[Path] = []
 
     def title(base: str, c: dict) -> str:
-        if c.get("pearson") is None:
+        if c.get("kendall") is None:
             return f"{base} (n={c['n']})"
-        return f"{base}\nPearson r={c['pearson']:.2f}, Kendall tau={c['kendall']:.2f} (n={c['n']})"
+        return (f"{base}\nKendall tau={c['kendall']:.2f} {_ci(c.get('kendall_ci'))}, "
+                f"Pearson r={c['pearson']:.2f} {_ci(c.get('pearson_ci'))}, n={c['n']}")
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    ax.scatter([r["density"] for r in records], [r["adv"] for r in records], s=18, alpha=0.8)
-    ax.set_xlabel("architecture density D")
-    ax.set_ylabel("adversarial accuracy (%)")
-    ax.set_title(title("Density vs robustness", summary["density_vs_adv"]), fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    written.append(folder / "density_vs_adv.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    if "fsp_deep_vs_gap" in summary:
-        pts = [(r["fsp_deep"], r["gap"]) for r in records if r.get("fsp_deep") is not None]
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, alpha=0.8, color="tab:red")
-        ax.set_xlabel("deep-cell FSP loss (clean vs adversarial)")
-        ax.set_ylabel("clean - adversarial accuracy (pp)")
-        ax.set_title(title("FSP loss vs robustness gap", summary["fsp_deep_vs_gap"]), fontsize=10)
+    def scatter(name: str, x: str, y: str, xlabel: str, ylabel: str, heading: str, key: str,
+                color: str | None = None, cut: float | None = None) -> None:
+        pts = [r for r in records if r.get(x) is not None and r.get(y) is not None]
+        if not pts or key not in summary:
+            return
+        fig, ax = plt.subplots(figsize=(5.8, 4.4))
+        if color:
+            sc = ax.scatter([r[x] for r in pts], [r[y] for r in pts], c=[r[color] for r in pts], cmap="viridis",
+                            s=22, alpha=0.85)
+            fig.colorbar(sc, ax=ax, label="convolutions per cell")
+        else:
+            ax.scatter([r[x] for r in pts], [r[y] for r in pts], s=20, alpha=0.8)
+        if cut is not None:
+            ax.axvline(cut, color="tab:red", ls="--", lw=1, label="filter cut (kept: left)")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title(heading, summary[key]), fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(folder / "fsp_vs_gap.png")
+        written.append(folder / name)
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
+
+    scatter("density_vs_adv.png", "density", "adv", "architecture density D", "adversarial accuracy (%)",
+            "Density vs robustness", "density_vs_adv")
+    scatter("conv_placement.png", "direct_convs_per_cell", "adv", "convolutions on direct edges (per cell)",
+            "adversarial accuracy (%)", "Direct-edge convolutions vs robustness (partial, at equal convolutions)",
+            "direct_convs_vs_adv_given_convs", color="convs_per_cell")
+    scatter("fsp_vs_gap.png", "fsp_deep", "gap", "deep-cell FSP loss (clean vs adversarial)",
+            "clean - adversarial accuracy (pp)", "FSP loss vs robustness gap", "fsp_deep_vs_gap")
+    if "fsp_filter" in summary:
+        inherited = sorted(r["fsp_inherited_deep"] for r in records if r.get("fsp_inherited_deep") is not None)
+        keep = summary["fsp_filter"]["keep"]
+        k = max(1, min(len(inherited) - 1, math.ceil(keep * len(inherited))))
+        cut = (inherited[k - 1] + inherited[k]) / 2 if len(inherited) > 1 else None
+        scatter("fsp_filter.png", "fsp_inherited_deep", "adv", "inherited deep-cell FSP loss (before fine-tuning)",
+                "adversarial accuracy after fine-tuning (%)", "The FSP filter's view", "fsp_inherited_deep_vs_adv",
+                cut=cut)
 
     ranked = rank(records)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -165,3 +333,28 @@ def plot(records: list[dict], summary: dict[str, Any], folder: str | Path) -> li
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
     return written
+
+
+def plot_noise_floor(floor: dict[str, Any], path: str | Path) -> Path:
+    """Scatter of two scorings of the same candidates (fine-tuning seeds) with the identity line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, b = floor["adv_first"], floor["adv_second"]
+    c = floor["adv"]
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.scatter(a, b, s=24)
+    lo, hi = min(a + b) - 1, max(a + b) + 1
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+    seeds = floor["finetune_seeds"]
+    ax.set_xlabel(f"adversarial accuracy, fine-tuning seed {seeds[0]} (%)")
+    ax.set_ylabel(f"adversarial accuracy, fine-tuning seed {seeds[1]} (%)")
+    tau = "-" if c["kendall"] is None else f"{c['kendall']:.2f} {_ci(c.get('kendall_ci'))}"
+    ax.set_title(f"Noise floor: Kendall tau={tau}, n={floor['n']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

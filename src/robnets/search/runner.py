@@ -47,7 +47,7 @@ from ..config import Config, save_config
 from ..data import load_dataset, resolve_data_root
 from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
-from ..io import atomic_path, write_json_atomic, write_text_atomic
+from ..io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from ..models.genotype import Genotype
 from ..runtime import eval_mode, resolve_device
 from ..training.distributed import DistContext
@@ -188,6 +188,10 @@ class Search:
 
         s, ctx = self.s, self.ctx
         weights = self.folder / SUPERNET_WEIGHTS
+        if s.supernet_weights and not weights.is_file():
+            if ctx.is_main:
+                self._adopt_supernet(supernet, Path(s.supernet_weights), weights)
+            ctx.barrier()
         if weights.is_file():
             supernet.load_state_dict(load_file(weights, device=str(self.device)))
             self.log(f"supernet already trained: loaded {weights}")
@@ -258,6 +262,45 @@ class Search:
                  f"{time.perf_counter() - started:.0f} s")
         return True
 
+    def _adopt_supernet(self, supernet: Supernet, source: Path, target: Path) -> None:
+        """Copy a trained supernet of the same macro structure into the run folder (checked first)."""
+        import shutil
+
+        metadata = self._check_supernet_file(supernet, source)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        trained = "cell-based" if json.loads(metadata["config"]).get("share") else "cell-free"
+        self.log(f"supernet inherited from {source} (sha256 {sha256_file(target)}, trained {trained}, "
+                 f"{metadata.get('steps', '?')} steps)")
+
+    @staticmethod
+    def _check_supernet_file(supernet: Supernet, source: Path) -> dict[str, str]:
+        """The metadata of ``source`` if it is a supernet of ``supernet``'s structure; else one error line."""
+        from safetensors import safe_open
+
+        hint = "set search.supernet_weights to the supernet.safetensors of a search with the same C, layers and steps"
+        if not source.is_file():
+            raise RobnetsError(f"search.supernet_weights: {source} does not exist; {hint}")
+        try:
+            with safe_open(str(source), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            theirs = json.loads(metadata.get("config", "null"))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one error line
+            raise RobnetsError(f"search.supernet_weights: {source} is not a readable supernet file ({exc}); "
+                               f"{hint}") from None
+        if metadata.get("format") != "robnets-supernet" or not isinstance(theirs, dict):
+            raise RobnetsError(f"search.supernet_weights: {source} is not a robnets supernet "
+                               f"(no 'robnets-supernet' metadata); {hint}")
+        ours = supernet.config
+        differ = [f"{k}={theirs.get(k)!r} (this search: {ours[k]!r})" for k in ours
+                  if k != "share" and theirs.get(k) != ours[k]]
+        expected = {k: tuple(v.shape) for k, v in supernet.state_dict().items()}
+        if differ or shapes != expected:
+            what = ", ".join(differ) if differ else "its tensors do not match this supernet's keys and shapes"
+            raise RobnetsError(f"search.supernet_weights: {source} has {what}; {hint}")
+        return metadata
+
     # ------------------------------------------------------------------ phases 2-4: candidates
     def candidates(self) -> list[Genotype]:
         return self.space.sample_unique(self.s.num_samples, derive_seed(self.config.seed, 3))
@@ -292,18 +335,21 @@ class Search:
 
         s, c = self.s, self.config
         started = time.perf_counter()
-        torch.manual_seed(derive_seed(c.seed, 4, index))
+        # finetune_seed 0 keeps the original streams; another seed draws other batches and attack noise
+        variant = (s.finetune_seed,) if s.finetune_seed else ()
+        torch.manual_seed(derive_seed(c.seed, 4, index, *variant))
         net = self._inherit(supernet, genotype, loader)
         losses = []
         if s.finetune_steps > 0:
             optimizer = build_optimizer(net, lr=s.finetune_lr, momentum=s.momentum, weight_decay=s.weight_decay,
                                         no_wd=True)
             per_epoch = len(loader)
+            first_epoch = 1000 * (1 + s.finetune_seed)
             for k in range(s.finetune_steps):
                 epoch, within = divmod(k, per_epoch)
-                x, y = loader.get_batch(within, epoch=1000 + epoch)  # the same batches for every candidate
+                x, y = loader.get_batch(within, epoch=first_epoch + epoch)  # the same batches for every candidate
                 set_learning_rate(optimizer, _cosine(s.finetune_lr, k, s.finetune_steps))
-                losses.append(self._train_step(net, net, optimizer, x, y, self._generator(5, index, k)))
+                losses.append(self._train_step(net, net, optimizer, x, y, self._generator(5, index, k, *variant)))
         net.eval()
         engine = accelerate(net, self.device)[0]
         eval_set = val.subset(s.eval_size)
@@ -314,7 +360,7 @@ class Search:
             "index": index, "genotype": str(genotype), "codes": genotype.to_codes(), **structure(genotype),
             "params": sum(p.numel() for p in net.parameters()),
             "clean": clean.accuracy, "adv": adv.accuracy, "gap": clean.accuracy - adv.accuracy, "n": adv.n,
-            "attack": f"pgd{s.eval_attack_steps}", "finetune_steps": s.finetune_steps,
+            "attack": f"pgd{s.eval_attack_steps}", "finetune_steps": s.finetune_steps, "finetune_seed": s.finetune_seed,
             "finetune_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         }
         if s.fsp:
@@ -328,15 +374,17 @@ class Search:
         from ..training.trainer import _StopFlag
 
         c, s, ctx = self.config, self.s, self.ctx
+        train, val = self._data()
+        supernet = self.build_supernet(train.num_classes)
+        if s.supernet_weights and not (self.folder / SUPERNET_WEIGHTS).is_file():
+            self._check_supernet_file(supernet, Path(s.supernet_weights))  # before anything is written
         if ctx.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
             save_config(c, self.folder / "config.yaml")
         ctx.barrier()
-        train, val = self._data()
         self.log(f"search in {self.folder}: {s.num_samples} {s.sampling} samples of a "
                  f"{'cell-based' if s.share else 'cell-free'} space ({self.space.size():.3g} architectures), "
                  f"{len(train)} training / {len(val)} held-out images, {ctx.world_size} process(es), {self.device}")
-        supernet = self.build_supernet(train.num_classes)
         with _StopFlag() as stop:
             if not self.train_supernet(supernet, train, stop):
                 return SearchResult(self.folder, False, [], None)
@@ -373,13 +421,18 @@ class Search:
             if done:
                 self.log(f"resuming: {len(done)} candidates already scored", all_ranks=True)
             bar = tqdm(todo, desc="candidates", disable=not self.progress, dynamic_ncols=True)
-            for i in bar:
+            started = time.perf_counter()
+            for n, i in enumerate(bar, 1):
                 if not budget_left():
                     break
                 record = self.score(i, candidates[i], supernet, loader, val)
                 append_jsonl(self.folder / f"scores.rank{ctx.rank}.jsonl", record)
                 processed += 1
                 bar.set_postfix(clean=f"{record['clean']:.1f}", adv=f"{record['adv']:.1f}")
+                left = (time.perf_counter() - started) / n * (len(todo) - n)
+                self.log(f"candidate {i}: clean {record['clean']:.1f}%, adv {record['adv']:.1f}% "
+                         f"({record['seconds']:.0f} s); {n}/{len(todo)} done here, about {left / 60:.0f} min left",
+                         all_ranks=True)
             bar.close()
             scored_now = {r["index"] for r in read_jsonl(self._score_files())}
             if self._all_stopped(any(i not in scored_now for i in todo)):
@@ -388,6 +441,79 @@ class Search:
         if not ctx.is_main:
             return SearchResult(self.folder, True, [], None)
         return self.report(candidates, kept)
+
+    def rescore(self, count: int, finetune_seed: int) -> dict | None:
+        """The noise floor of a finished search: score ``count`` of its candidates again with another
+        fine-tuning seed and compare the two scorings (rank correlation with bootstrap intervals).
+
+        The candidates are spread evenly over the first scoring's ranking. Each result is appended to
+        ``rescore-seed<S>.jsonl`` as it comes (an interrupted re-scoring resumes); the comparison goes to
+        ``noise_floor.json`` and ``noise_floor.png``. Returns the comparison, or None when interrupted."""
+        from safetensors.torch import load_file
+
+        from ..training.trainer import _StopFlag
+
+        s = self.s
+        if finetune_seed == s.finetune_seed:
+            raise RobnetsError(f"--finetune-seed {finetune_seed} is the seed the search was scored with; "
+                               f"choose another to measure the noise floor")
+        weights = self.folder / SUPERNET_WEIGHTS
+        scored = {r["index"]: r for r in read_jsonl(self._score_files())}
+        if not weights.is_file() or not scored:
+            raise RobnetsError(f"{self.folder} holds no finished search (supernet.safetensors and scores); "
+                               f"run or resume the search first")
+        candidates = self.candidates()
+        listed = json.loads((self.folder / "candidates.json").read_text(encoding="utf-8"))
+        if [c["genotype"] for c in listed] != [str(g) for g in candidates]:
+            raise RobnetsError(f"the candidates of {self.folder} differ from those its config.yaml draws; "
+                               f"was the config changed after the search?")
+        if not 3 <= count:
+            raise RobnetsError(f"--candidates {count}: at least 3 are needed for a rank correlation")
+        ranked = analysis.rank(list(scored.values()))
+        if len(ranked) < count:
+            raise RobnetsError(f"--candidates {count}: the search scored only {len(ranked)} candidates")
+        picks = sorted({ranked[round(i * (len(ranked) - 1) / (count - 1))]["index"] for i in range(count)})
+        other = Search(dataclasses.replace(self.config, search=dataclasses.replace(s, finetune_seed=finetune_seed)),
+                       output_dir=self.folder, data_dir=self._data_dir, progress=self.progress,
+                       log_to_stderr=self.log_to_stderr)
+        train, val = self._data()
+        supernet = self.build_supernet(train.num_classes)
+        supernet.load_state_dict(load_file(weights, device=str(self.device)))
+        supernet.eval()
+        loader = self._loader(train)
+        path = self.folder / f"rescore-seed{finetune_seed}.jsonl"
+        done = {r["index"] for r in read_jsonl([path])}
+        todo = [i for i in picks if i not in done]
+        self.log(f"re-scoring {len(picks)} candidates with fine-tuning seed {finetune_seed} "
+                 f"({len(picks) - len(todo)} already done)")
+        self.stop_signal: int | None = None
+        with _StopFlag() as stop:
+            for i in tqdm(todo, desc="re-score", disable=not self.progress, dynamic_ncols=True):
+                if stop.raised:
+                    break
+                append_jsonl(path, other.score(i, candidates[i], supernet, loader, val))
+            self.stop_signal = stop.signum
+        again = {r["index"]: r for r in read_jsonl([path])}
+        if any(i not in again for i in picks):
+            self.log(f"re-scoring stopped; run the same command to continue ({len(again)} of {len(picks)} done)")
+            return None
+        first = [scored[i] for i in picks]
+        second = [again[i] for i in picks]
+        diffs = [b["adv"] - a["adv"] for a, b in zip(first, second)]
+        floor = {
+            "n": len(picks), "finetune_seeds": [s.finetune_seed, finetune_seed], "indices": picks,
+            "adv": analysis.correlation([r["adv"] for r in first], [r["adv"] for r in second]),
+            "clean": analysis.correlation([r["clean"] for r in first], [r["clean"] for r in second]),
+            "gap": analysis.correlation([r["gap"] for r in first], [r["gap"] for r in second]),
+            "adv_mean_abs_difference": sum(abs(d) for d in diffs) / len(diffs),
+            "adv_difference_sd": float(torch.tensor(diffs, dtype=torch.float64).std().item()),
+            "adv_first": [r["adv"] for r in first], "adv_second": [r["adv"] for r in second],
+        }
+        write_json_atomic(self.folder / "noise_floor.json", floor)
+        analysis.plot_noise_floor(floor, self.folder / "noise_floor.png")
+        self.log(f"noise floor, adversarial accuracy of two scorings: {analysis.describe(floor['adv'])}; mean "
+                 f"|difference| {floor['adv_mean_abs_difference']:.2f} pp")
+        return floor
 
     def _score_files(self) -> list[Path]:
         return sorted(self.folder.glob("scores.rank*.jsonl"))
@@ -441,11 +567,11 @@ class Search:
             writer.writerows(everything)
         if not records:
             raise RobnetsError("no candidate was scored; check search.num_samples and the FSP filter settings")
-        summary = analysis.summarize(records)
-        if screened:
-            summary["fsp_inherited_deep_vs_adv"] = analysis.correlation(
-                [screened[r["index"]]["fsp_inherited_deep"] for r in records if r["index"] in screened],
-                [r["adv"] for r in records if r["index"] in screened])
+        records = [{**r, "fsp_inherited_deep": screened[r["index"]]["fsp_inherited_deep"]} if r["index"] in screened
+                   else r for r in records]
+        # the filter's effect can be judged only where nothing was rejected (fsp_keep 1: every candidate scored)
+        simulate = 0.5 if s.fsp_keep >= 1.0 else None
+        summary = analysis.summarize(records, fsp_keep=simulate if len(kept) == len(candidates) else None)
         write_json_atomic(self.folder / "analysis.json", summary)
         plots = analysis.plot(records, summary, self.folder)
         best = analysis.rank(records)[0]

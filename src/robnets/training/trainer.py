@@ -64,6 +64,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.raised = False
+        self.signum: int | None = None  # the signal that stopped the loop (exit status 128 + signum)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -78,6 +79,7 @@ class _StopFlag:
         if self.raised:  # second signal: give up immediately
             raise KeyboardInterrupt
         self.raised = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:  # noqa: ANN002
         for sig, handler in self._previous.items():
