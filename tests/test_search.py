@@ -502,3 +502,30 @@ def test_rescoring_measures_the_noise_floor_and_resumes(finished_search, cifar_s
     # the seed the search used is refused in one line
     assert main(["search", "--rescore", str(folder), "--finetune-seed", "0", "--data-dir", str(cifar_subset)]) == 2
     assert "choose another" in capsys.readouterr().err
+
+
+def test_fine_tuning_attacks_on_the_fast_engine_match_the_plain_model():
+    """Candidates are fine-tuned with attacks crafted on the fast engine, which follows the changing weights."""
+    from robnets.acceleration import accelerate
+    from robnets.training.methods import MethodSettings, make_inputs, training_loss
+
+    torch.manual_seed(0)
+    supernet = Supernet(C=4, layers=3, share=True)
+    _randomize_bn(supernet)
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    settings = MethodSettings(name="nfgsm", eps=8 / 255)
+    weights = []
+    for fast in (False, True):
+        net = supernet.extract(LARGE)
+        attacker = accelerate(net, torch.device("cpu"))[0] if fast else net
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        for k in range(3):
+            net.train()
+            x_in = make_inputs(attacker, x, y, settings, torch.Generator().manual_seed(k))
+            loss, _ = training_loss(net, x, x_in, y, settings)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        weights.append(net.state_dict())
+    for key, value in weights[0].items():
+        assert torch.allclose(value.float(), weights[1][key].float(), atol=1e-4), key

@@ -343,13 +343,17 @@ class Search:
         if s.finetune_steps > 0:
             optimizer = build_optimizer(net, lr=s.finetune_lr, momentum=s.momentum, weight_decay=s.weight_decay,
                                         no_wd=True)
+            # the training attacks run in eval mode on the fast engine, as in `robnets train` (same function,
+            # ~20 % faster fine-tuning on CPU); it follows the weights as they change
+            attacker = accelerate(net, self.device)[0]
             per_epoch = len(loader)
             first_epoch = 1000 * (1 + s.finetune_seed)
             for k in range(s.finetune_steps):
                 epoch, within = divmod(k, per_epoch)
                 x, y = loader.get_batch(within, epoch=first_epoch + epoch)  # the same batches for every candidate
                 set_learning_rate(optimizer, _cosine(s.finetune_lr, k, s.finetune_steps))
-                losses.append(self._train_step(net, net, optimizer, x, y, self._generator(5, index, k, *variant)))
+                losses.append(self._train_step(net, attacker, optimizer, x, y,
+                                               self._generator(5, index, k, *variant)))
         net.eval()
         engine = accelerate(net, self.device)[0]
         eval_set = val.subset(s.eval_size)
