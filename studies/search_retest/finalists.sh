@@ -3,8 +3,9 @@
 # test set. Every step resumes or is skipped when its result exists.
 # Usage (from the repository root): bash studies/search_retest/finalists.sh [DATA_DIR] [SEEDS]
 #   DATA_DIR default ../shared/data/cifar10; SEEDS default "0" (e.g. "0 1" for the spread across seeds)
-# Evaluation: clean on all 10,000 test images, PGD-20 on the first $PGD_N (default 2000), AutoAttack
-# (standard, Linf 8/255) on the first $AA_N (default 200), the latter for seed 0.
+# Evaluation: clean on all 10,000 test images, PGD-20 on the first $PGD_N (default 2000), and the reference
+# AutoAttack (pyautoattack: pip install -e '.[autoattack]'; standard, Linf 8/255) on the first $AA_N (default 200)
+# for seed 0.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DATA="${1:-../shared/data/cifar10}"
@@ -33,9 +34,9 @@ for seed in $SEEDS; do
       "$ROBNETS" eval --checkpoint "$run/final.safetensors" --data-dir "$DATA" --attacks clean,pgd20 \
         --n-attack "$PGD_N" --batch-size 200 --device cpu --output-dir "$run/eval-pgd" --no-progress
     fi
-    if [ "$seed" = "0" ] && [ ! -f "$run/eval-aa/results.json" ]; then
-      "$ROBNETS" eval --checkpoint "$run/final.safetensors" --data-dir "$DATA" --suite autoattack --n "$AA_N" \
-        --batch-size 200 --device cpu --output-dir "$run/eval-aa" --no-progress
+    if [ "$seed" = "0" ] && [ ! -f "$run/autoattack.json" ]; then
+      "$PY" "$HERE/autoattack_eval.py" --checkpoint "$run/final.safetensors" --data-dir "$DATA" --n "$AA_N" \
+        --output "$run/autoattack.json"
     fi
   done
 done
