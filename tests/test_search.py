@@ -529,3 +529,19 @@ def test_fine_tuning_attacks_on_the_fast_engine_match_the_plain_model():
         weights.append(net.state_dict())
     for key, value in weights[0].items():
         assert torch.allclose(value.float(), weights[1][key].float(), atol=1e-4), key
+
+
+def test_vectorized_bootstrap_statistics_equal_scipy_with_ties():
+    from scipy import stats
+
+    from robnets.search.analysis import _kendall_v, _pearson_v
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, size=(4, 40)).astype(float)   # many ties, as convolution counts have
+    b = rng.normal(size=(4, 40))
+    b[0, :20] = 1.0
+    expected_tau = [stats.kendalltau(x, y)[0] for x, y in zip(a, b)]
+    expected_r = [stats.pearsonr(x, y)[0] for x, y in zip(a, b)]
+    assert np.allclose(_kendall_v(a, b), expected_tau, atol=1e-12)
+    assert np.allclose(_pearson_v(a, b), expected_r, atol=1e-12)
+    assert np.isnan(_kendall_v(np.ones((1, 5)), b[:1, :5])).all()  # a constant column: undefined

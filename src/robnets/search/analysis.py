@@ -21,35 +21,58 @@ def _finite_pairs(*columns: list) -> list[tuple]:
             if all(v is not None and math.isfinite(v) for v in row)]
 
 
+# Statistics vectorized over resamples: every argument is (B, n), one resample per row; NaN where undefined.
+def _pearson_v(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+def _kendall_v(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b (as scipy.stats.kendalltau computes it), over all pairs i < j."""
+    out = np.empty(a.shape[0])
+    upper = np.triu(np.ones((a.shape[1], a.shape[1]), dtype=bool), k=1)
+    for start in range(0, a.shape[0], 128):  # chunks keep the (chunk, n, n) sign arrays small
+        sa = np.sign(a[start:start + 128, :, None] - a[start:start + 128, None, :])[:, upper]
+        sb = np.sign(b[start:start + 128, :, None] - b[start:start + 128, None, :])[:, upper]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + 128] = (sa * sb).sum(1) / np.sqrt((sa * sa).sum(1) * (sb * sb).sum(1))
+    return out
+
+
+def _residualize_v(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of x and y after a least-squares line on z (with intercept); NaN where z is constant."""
+    zc = z - z.mean(axis=1, keepdims=True)
+    var = (zc * zc).sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(var > 0, var, np.nan)
+
+        def residual(v: np.ndarray) -> np.ndarray:
+            vc = v - v.mean(axis=1, keepdims=True)
+            return vc - ((vc * zc).sum(1, keepdims=True) / var) * zc
+        return residual(x), residual(y)
+
+
 def _bootstrap_ci(statistic, rows: list[tuple], samples: int, seed: int) -> list[float] | None:  # noqa: ANN001
-    """95 % percentile interval of ``statistic(rows)`` over ``samples`` resamples of the rows (seeded)."""
+    """95 % percentile interval of a vectorized ``statistic(*columns)`` over ``samples`` resamples of the rows
+    (seeded); None when most resamples are degenerate (a constant column)."""
     if samples <= 0 or len(rows) < 3:
         return None
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        picked = [rows[i] for i in rng.integers(0, len(rows), len(rows))]
-        value = statistic(picked)
-        if value is not None and math.isfinite(value):
-            values.append(value)
-    if len(values) < samples // 2:  # most resamples degenerate (constant columns): no honest interval
+    data = np.asarray(rows, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(rows), size=(samples, len(rows)))
+    values = statistic(*(data[picks, k] for k in range(data.shape[1])))
+    values = values[np.isfinite(values)]
+    if len(values) < samples // 2:
         return None
     low, high = np.percentile(values, [2.5, 97.5])
     return [float(low), float(high)]
 
 
-def _pearson(rows: list[tuple]) -> float | None:
-    a, b = zip(*rows)
-    if len(set(a)) < 2 or len(set(b)) < 2:
-        return None
-    return float(stats.pearsonr(a, b)[0])
-
-
-def _kendall(rows: list[tuple]) -> float | None:
-    a, b = zip(*rows)
-    if len(set(a)) < 2 or len(set(b)) < 2:
-        return None
-    return float(stats.kendalltau(a, b)[0])
+def _point(statistic, rows: list[tuple]) -> float | None:  # noqa: ANN001
+    data = np.asarray(rows, dtype=float)
+    value = float(statistic(*(data[None, :, k] for k in range(data.shape[1])))[0])
+    return value if math.isfinite(value) else None
 
 
 def correlation(xs: list[float], ys: list[float], *, bootstrap: int = BOOTSTRAP_SAMPLES,
@@ -61,26 +84,15 @@ def correlation(xs: list[float], ys: list[float], *, bootstrap: int = BOOTSTRAP_
     rows = _finite_pairs(xs, ys)
     out: dict[str, Any] = {"n": len(rows), "pearson": None, "pearson_p": None, "pearson_ci": None,
                            "kendall": None, "kendall_p": None, "kendall_ci": None}
-    if len(rows) < 3 or _pearson(rows) is None:
+    if len(rows) < 3 or _point(_pearson_v, rows) is None:
         return out
     a, b = zip(*rows)
     r, rp = stats.pearsonr(a, b)
     tau, tp = stats.kendalltau(a, b)
     out.update(pearson=float(r), pearson_p=float(rp), kendall=float(tau), kendall_p=float(tp),
-               pearson_ci=_bootstrap_ci(_pearson, rows, bootstrap, seed),
-               kendall_ci=_bootstrap_ci(_kendall, rows, bootstrap, seed))
+               pearson_ci=_bootstrap_ci(_pearson_v, rows, bootstrap, seed),
+               kendall_ci=_bootstrap_ci(_kendall_v, rows, bootstrap, seed))
     return out
-
-
-def _residualize(rows: list[tuple]) -> list[tuple] | None:
-    """(x, y) residuals of rows (x, y, z) after a least-squares fit of each on z (with an intercept)."""
-    x, y, z = (np.asarray(col, dtype=float) for col in zip(*rows))
-    if np.ptp(z) == 0:
-        return None
-    design = np.stack([np.ones_like(z), z], axis=1)
-    rx = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
-    ry = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-    return list(zip(np.round(rx, 12).tolist(), np.round(ry, 12).tolist()))
 
 
 def partial_correlation(xs: list[float], ys: list[float], control: list[float], *,
@@ -89,19 +101,15 @@ def partial_correlation(xs: list[float], ys: list[float], control: list[float], 
     that redo the regression in every resample. Used for convolution placement at a given convolution count."""
     rows = _finite_pairs(xs, ys, control)
     out: dict[str, Any] = {"n": len(rows), "pearson": None, "pearson_ci": None, "kendall": None, "kendall_ci": None}
-    residuals = _residualize(rows) if len(rows) >= 4 else None
-    if residuals is None or _pearson(residuals) is None:
+
+    def partial(stat):  # noqa: ANN001, ANN202
+        return lambda x, y, z: stat(*_residualize_v(x, y, z))
+
+    if len(rows) < 4 or _point(partial(_pearson_v), rows) is None:
         return out
-
-    def stat(fn):  # noqa: ANN001, ANN202
-        def apply(sample: list[tuple]) -> float | None:
-            res = _residualize(sample)
-            return None if res is None or _pearson(res) is None else fn(res)
-        return apply
-
-    out.update(pearson=_pearson(residuals), kendall=_kendall(residuals),
-               pearson_ci=_bootstrap_ci(stat(_pearson), rows, bootstrap, seed),
-               kendall_ci=_bootstrap_ci(stat(_kendall), rows, bootstrap, seed))
+    out.update(pearson=_point(partial(_pearson_v), rows), kendall=_point(partial(_kendall_v), rows),
+               pearson_ci=_bootstrap_ci(partial(_pearson_v), rows, bootstrap, seed),
+               kendall_ci=_bootstrap_ci(partial(_kendall_v), rows, bootstrap, seed))
     return out
 
 
@@ -118,21 +126,18 @@ def fsp_filter_effect(fsp: list[float], adv: list[float], keep: float = 0.5, *,
                            "difference": None, "difference_ci": None, "top_quarter_kept": None}
     if len(rows) < 4:
         return out
+    k = max(1, min(len(rows) - 1, math.ceil(keep * len(rows))))
 
-    def difference(sample: list[tuple]) -> float | None:
-        ordered = sorted(sample)
-        k = max(1, min(len(ordered) - 1, math.ceil(keep * len(ordered))))
-        kept, rejected = ordered[:k], ordered[k:]
-        return sum(a for _, a in kept) / len(kept) - sum(a for _, a in rejected) / len(rejected)
+    def difference(f: np.ndarray, a: np.ndarray) -> np.ndarray:
+        ordered = np.take_along_axis(a, np.argsort(f, axis=1, kind="stable"), axis=1)
+        return ordered[:, :k].mean(1) - ordered[:, k:].mean(1)
 
     ordered = sorted(rows)
-    k = max(1, min(len(rows) - 1, math.ceil(keep * len(rows))))
     kept = {id(r) for r in ordered[:k]}
-    by_adv = sorted(rows, key=lambda r: -r[1])
-    top = by_adv[:max(1, len(rows) // 4)]
+    top = sorted(rows, key=lambda r: -r[1])[:max(1, len(rows) // 4)]
     out.update(kept_mean_adv=sum(a for _, a in ordered[:k]) / k,
                rejected_mean_adv=sum(a for _, a in ordered[k:]) / (len(rows) - k),
-               difference=difference(rows), difference_ci=_bootstrap_ci(difference, rows, bootstrap, seed),
+               difference=_point(difference, rows), difference_ci=_bootstrap_ci(difference, rows, bootstrap, seed),
                top_quarter_kept=sum(id(r) in kept for r in top) / len(top))
     return out
 
@@ -185,6 +190,7 @@ def summarize(records: list[dict], *, fsp_keep: float | None = 0.5) -> dict[str,
         fsp = [r.get("fsp_deep") for r in records]
         out["fsp_deep_vs_gap"] = correlation(fsp, gap)
         out["fsp_deep_vs_adv"] = correlation(fsp, adv)
+        out["fsp_deep_vs_gap_given_density"] = partial_correlation(fsp, gap, density)
         n_cells = max(len(r.get("fsp") or []) for r in records)
         out["fsp_per_cell_vs_gap"] = [
             correlation([(r.get("fsp") or [None] * n_cells)[i] for r in records], gap, bootstrap=0)["kendall"]
@@ -193,6 +199,7 @@ def summarize(records: list[dict], *, fsp_keep: float | None = 0.5) -> dict[str,
         inherited = [r.get("fsp_inherited_deep") for r in records]
         out["fsp_inherited_deep_vs_gap"] = correlation(inherited, gap)
         out["fsp_inherited_deep_vs_adv"] = correlation(inherited, adv)
+        out["fsp_inherited_deep_vs_adv_given_density"] = partial_correlation(inherited, adv, density)
         if fsp_keep is not None:
             out["fsp_filter"] = fsp_filter_effect(inherited, adv, keep=fsp_keep)
     return out
@@ -237,8 +244,10 @@ SUMMARY_ROWS = (("density_vs_adv", "density vs adversarial acc"), ("density_vs_c
                 ("direct_convs_vs_adv_given_convs", "direct-edge convolutions vs adversarial acc, at equal convolutions"),
                 ("fsp_deep_vs_gap", "deep-cell FSP loss vs clean-adv gap"),
                 ("fsp_deep_vs_adv", "deep-cell FSP loss vs adversarial acc"),
+                ("fsp_deep_vs_gap_given_density", "deep-cell FSP loss vs clean-adv gap, at equal density"),
                 ("fsp_inherited_deep_vs_gap", "inherited deep-cell FSP loss vs clean-adv gap"),
-                ("fsp_inherited_deep_vs_adv", "inherited deep-cell FSP loss vs adversarial acc"))
+                ("fsp_inherited_deep_vs_adv", "inherited deep-cell FSP loss vs adversarial acc"),
+                ("fsp_inherited_deep_vs_adv_given_density", "inherited deep-cell FSP loss vs adversarial acc, at equal density"))
 
 
 def summary_text(summary: dict[str, Any]) -> str:
