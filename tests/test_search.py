@@ -545,3 +545,14 @@ def test_vectorized_bootstrap_statistics_equal_scipy_with_ties():
     assert np.allclose(_kendall_v(a, b), expected_tau, atol=1e-12)
     assert np.allclose(_pearson_v(a, b), expected_r, atol=1e-12)
     assert np.isnan(_kendall_v(np.ones((1, 5)), b[:1, :5])).all()  # a constant column: undefined
+
+
+def test_a_line_torn_by_a_crash_does_not_swallow_the_next_record(tmp_path):
+    from robnets.search.runner import append_jsonl
+
+    path = tmp_path / "scores.rank0.jsonl"
+    append_jsonl(path, {"index": 0})
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"index": 1, "clean": 4')  # killed mid-write
+    append_jsonl(path, {"index": 1, "clean": 40.0})
+    assert [r["index"] for r in read_jsonl([path])] == [0, 1]

@@ -90,9 +90,15 @@ def read_jsonl(paths: list[Path]) -> list[dict]:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one record and make it durable before going on."""
+    """Append one record and make it durable before going on. A line torn by a crash before it is closed
+    first, so the new record starts a line of its own (and the torn one stays ignored)."""
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(("\n" if torn else "") + json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 
