@@ -556,3 +556,28 @@ def test_a_line_torn_by_a_crash_does_not_swallow_the_next_record(tmp_path):
         handle.write('{"index": 1, "clean": 4')  # killed mid-write
     append_jsonl(path, {"index": 1, "clean": 40.0})
     assert [r["index"] for r in read_jsonl([path])] == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_signal_stops_the_search_resumably_with_exit_128_plus_the_signal(cifar_subset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "search"
+    args = [sys.executable, "-m", "robnets", "search", "--config", SEARCH, "--data-dir", str(cifar_subset),
+            "--output-dir", str(folder), "--no-progress",
+            *_args(_settings(**{"search.supernet_max_steps": 10000, "search.checkpoint_every_steps": 1}))]
+    process = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (folder / "supernet_state.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "continue with --resume" in err or "state saved" in (folder / "search.log").read_text()
+    assert (folder / "supernet_state.pt").is_file() and not (folder / "supernet.safetensors").exists()

@@ -384,3 +384,38 @@ def test_catastrophic_overfitting_is_detected_and_stops_the_run(tiny_cifar, tmp_
     log = (tmp_path / "run" / "train.log").read_text()
     assert "WARNING catastrophic overfitting: PGD-10 accuracy on a training batch fell from 45.0% to 10.0%" in log
     assert "stopping: catastrophic overfitting" in log and result.epoch == 3
+
+
+def _wait_for(path, process, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_signal_saves_the_run_and_exits_128_plus_the_signal(tiny_cifar, tmp_path):
+    """SIGTERM mid-training: state saved, exit status 143 (not 0, so `train && eval` stops), then a resume
+    finishes with 0."""
+    import signal
+
+    folder = tmp_path / "run"
+    args = [sys.executable, "-m", "robnets", "train", "--data-dir", str(tiny_cifar), "--output-dir", str(folder),
+            "--no-progress", "--epochs", "50", "--method", "fgsm_rs"]
+    for override in TINY + ["train.checkpoint_every_steps=1", "train.train_size=96"]:
+        args += ["--set", override]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(folder / "state.pt", process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert (folder / "state.pt").is_file() and not (folder / "final.safetensors").exists()
+    assert "state saved: resume with --resume" in (folder / "train.log").read_text()
+    resumed = subprocess.run([sys.executable, "-m", "robnets", "train", "--resume", str(folder), "--data-dir",
+                              str(tiny_cifar), "--no-progress", "--set", "train.epochs=1"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -336,7 +336,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run_training(args.config, _train_overrides(args), output_dir=args.output_dir, data_dir=args.data_dir,
                           resume=args.resume, distributed=args.distributed, progress=not args.no_progress)
     print(f"run folder: {result.folder} ({'complete' if result.completed else 'interrupted: resume with --resume'})")
-    return 0
+    return _exit_status(result.stopped_by)
+
+
+def _exit_status(stopped_by: int | None) -> int:
+    """0, or 128 + the signal that stopped a run (saved, resumable), so that `train && eval` and batch
+    schedulers do not go on as if it had finished."""
+    return 0 if stopped_by is None else 128 + int(stopped_by)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -356,7 +362,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         floor = search.rescore(args.candidates, args.finetune_seed)
         if floor is None:
             print(f"re-scoring stopped: run the same command to continue ({args.rescore})")
-            return 128 + (search.stop_signal or signal.SIGTERM)
+            return _exit_status(search.stop_signal or signal.SIGTERM)
         from .search.analysis import describe
 
         print(f"noise floor ({floor['n']} candidates, fine-tuning seeds {floor['finetune_seeds']}), adversarial "
@@ -384,7 +390,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                   f"adversarial {result.best['adv']:.1f}%, n={result.best['n']})")
         print(f"search folder: {result.folder} "
               f"({'complete' if result.completed else 'stopped: continue with --resume ' + str(result.folder)})")
-    return 0
+    return _exit_status(result.stopped_by)
 
 
 COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "info": cmd_info}

@@ -69,6 +69,7 @@ class SearchResult:
     completed: bool  # False when stopped early (stop_after, a signal): resume with the same folder
     records: list[dict]
     best: dict | None
+    stopped_by: int | None = None  # the signal (SIGINT/SIGTERM) that stopped the search, results saved
 
 
 def _cosine(lr: float, step: int, total: int) -> float:
@@ -397,7 +398,7 @@ class Search:
                  f"{len(train)} training / {len(val)} held-out images, {ctx.world_size} process(es), {self.device}")
         with _StopFlag() as stop:
             if not self.train_supernet(supernet, train, stop):
-                return SearchResult(self.folder, False, [], None)
+                return SearchResult(self.folder, False, [], None, stopped_by=stop.signum)
             supernet.eval()
             candidates = self.candidates()
             if ctx.is_main:
@@ -422,7 +423,7 @@ class Search:
                     processed += 1
                 screened_now = {r["index"] for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
                 if self._all_stopped(any(i not in screened_now for i in todo)):
-                    return self._stopped()
+                    return self._stopped(stop.signum)
                 ctx.barrier()
                 kept = self._fsp_kept(len(candidates))
 
@@ -446,7 +447,7 @@ class Search:
             bar.close()
             scored_now = {r["index"] for r in read_jsonl(self._score_files())}
             if self._all_stopped(any(i not in scored_now for i in todo)):
-                return self._stopped()
+                return self._stopped(stop.signum)
         ctx.barrier()
         if not ctx.is_main:
             return SearchResult(self.folder, True, [], None)
@@ -533,10 +534,10 @@ class Search:
         flag = self.ctx.all_reduce_sum([1.0 if stopped_here else 0.0], self.device)[0]
         return flag > 0
 
-    def _stopped(self) -> SearchResult:
+    def _stopped(self, signum: int | None) -> SearchResult:
         self.log(f"stopped early; every result so far is saved in {self.folder}: run the same command "
                  f"(robnets search --resume {self.folder}) to continue")
-        return SearchResult(self.folder, False, [], None)
+        return SearchResult(self.folder, False, [], None, stopped_by=signum)
 
     def _fsp_kept(self, n: int) -> set[int]:
         s = self.s

@@ -50,6 +50,7 @@ class TrainResult:
     step: int
     best_val_robust: float | None
     history: list[dict] = field(default_factory=list)
+    stopped_by: int | None = None  # the signal (SIGINT/SIGTERM) that stopped the run, state saved
 
 
 def _seed_for(*parts: int) -> int:
@@ -386,7 +387,8 @@ class Trainer:
             self.log(f"done: {path}" + (f" (best robust validation accuracy {best:.2f}%)" if best is not None else ""))
         if writer is not None:
             writer.close()
-        return TrainResult(self.folder, completed, epoch, step, best, history)
+        return TrainResult(self.folder, completed, epoch, step, best, history,
+                           stopped_by=stop.signum if interrupted else None)
 
     def _state(self, model, optimizer, ema, epoch, step, best, probe_best, sums, history) -> dict:  # noqa: ANN001
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
