@@ -83,6 +83,10 @@ def test_eval_with_an_original_checkpoint_on_real_cifar10(tmp_path, capsys, refe
         (["eval", "--sample", "--untrained", "--n", "0"], "--n must be at least 1"),
         (["eval", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
         (["info", "robnet_fre"], "did you mean 'robnet_free'"),
+        (["eval", "--sample", "--untrained", "--set", "attack.eps=.inf"], "attack.eps must be a finite non-negative"),
+        (["eval", "--sample", "--untrained", "--set", "attack.eps=.nan"], "attack.eps must be a finite non-negative"),
+        (["eval", "--sample", "--untrained", "--set", "attack.eps=8"], "exceeds the whole [0, 1] pixel range"),
+        (["eval", "--sample", "--untrained", "--set", "attack.steps=-1"], "attack.steps must be a finite non-neg"),
     ],
 )
 def test_bad_input_gives_one_clear_error_line(args, message, capsys):
@@ -256,3 +260,50 @@ def test_eval_builds_the_architecture_a_project_checkpoint_names(tmp_path, capsy
     result = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert result["model"] == "robnet_large_v1"
     assert result["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def _weights(tmp_path, corrupt):
+    from robnets.models import create_model
+    from robnets.models.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    model = create_model("robnet_large_v1", C=4, layers=3)
+    corrupt(model)
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path, dataset="cifar10")
+    return path
+
+
+def test_weights_that_cannot_be_right_are_refused_in_one_line(tmp_path, capsys):
+    nan = _weights(tmp_path, lambda m: m.classifier.weight.data.__setitem__((0, 0), float("nan")))
+    assert main(["eval", "--sample", "--checkpoint", str(nan), "--attacks", "clean", "--n", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classifier.weight holds NaN or infinite values" in err[0], err
+
+
+def test_integer_tensors_where_weights_belong_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from robnets.errors import CheckpointError
+    from robnets.models.checkpoint import load_model, read_checkpoint
+
+    path = _weights(tmp_path, lambda m: None)
+    metadata = read_checkpoint(path).metadata
+    tensors = load_file(path)
+    tensors["classifier.weight"] = tensors["classifier.weight"].round().to(torch.int32)
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match="classifier.weight is int32 but the model needs floating-point"):
+        load_model(path)
+
+
+def test_non_finite_logits_during_evaluation_are_an_error():
+    from robnets.errors import RobnetsError
+    from robnets.evaluation import evaluate
+    from robnets.data import load_sample
+
+    class NaNModel(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 10), float("nan"))
+
+    with pytest.raises(RobnetsError, match="non-finite logits"):
+        evaluate(NaNModel(), load_sample(), {"clean": None}, n=8, progress=False)

@@ -349,5 +349,5 @@ def test_chained_growth_and_nan_are_refused(tmp_path):
     path.write_text("a = 10 ** 64\nb = a ** 64\nc = b ** 64\n")
     with pytest.raises(ConfigError, match="number too large"):
         load_config(path)
-    with pytest.raises(ConfigError, match="attack.eps must be a non-negative number"):
+    with pytest.raises(ConfigError, match="attack.eps must be a finite non-negative number"):
         load_config(None, ["attack.eps=.nan"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -123,11 +124,18 @@ def validate(config: Config) -> Config:
         model_info(config.model.name)
     except RobnetsError as exc:
         raise ConfigError(f"model.name: {exc}") from None
-    for dotted in ("attack.eps", "attack.step_size", "data.batch_size", "train.epochs", "train.co_probe_size"):
+    for dotted in ("attack.eps", "attack.step_size", "attack.l2_eps", "attack.l2_step_size", "attack.steps",
+                   "data.batch_size", "train.epochs", "train.co_probe_size", "train.attack_steps",
+                   "train.val_attack_steps", "search.eval_attack_steps", "search.finetune_steps"):
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
-        if not value >= 0:  # also refuses NaN
-            raise ConfigError(f"{dotted} must be a non-negative number, got {value}")
+        if not (value >= 0 and math.isfinite(value)):  # also refuses NaN and inf
+            raise ConfigError(f"{dotted} must be a finite non-negative number, got {value}")
+    for dotted in ("attack.eps", "attack.step_size"):
+        value = getattr(config.attack, dotted.split(".")[1])
+        if value > 1:
+            raise ConfigError(f"{dotted}={value} exceeds the whole [0, 1] pixel range; L-inf budgets are fractions "
+                              f"of it (8/255 = {8 / 255:.6f})")
     if config.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be at least 1, got {config.data.batch_size}")
     if config.eval.compile and config.eval.execution != "fast":

@@ -94,6 +94,11 @@ def evaluate(
                         images = attack(images, labels)
                     with torch.no_grad(), autocast_context(device, precision):
                         logits = model(images)
+                    if not torch.isfinite(logits).all():
+                        raise RobnetsError(
+                            f"the model returned non-finite logits (NaN or inf) under {name} at examples "
+                            f"{bar.n}-{bar.n + labels.shape[0] - 1}; an accuracy from them would be meaningless: "
+                            f"check the weights (or try fp32 instead of bf16)")
                     batch_correct = int((logits.argmax(dim=1) == labels).sum())
                     correct += batch_correct
                     bar.update(labels.shape[0])

@@ -196,8 +196,22 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike | LoadedCheckpo
     if source is None:
         source = "checkpoint" if isinstance(checkpoint, LoadedCheckpoint) else f"checkpoint {checkpoint}"
     check_state_dict_matches(model, loaded.state_dict, source, model_name)
+    check_tensor_values(model, loaded.state_dict, source)
     model.load_state_dict(loaded.state_dict, strict=True)
     return loaded
+
+
+def check_tensor_values(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Refuse values that cannot be right: non-finite floats, and integer or boolean tensors where the model
+    holds floating-point ones (loading would cast them into meaningless weights)."""
+    own = model.state_dict()
+    for key, value in state_dict.items():
+        if own[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{source}: {key} is {str(value.dtype).removeprefix('torch.')} but the model "
+                                  f"needs floating-point values there; the file is not a weights file of this model")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: {key} holds NaN or infinite values; the weights are damaged or come "
+                                  f"from a diverged run, and no accuracy measured with them would mean anything")
 
 
 def model_spec(model: nn.Module) -> dict[str, str]:
