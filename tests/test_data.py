@@ -526,3 +526,23 @@ def test_dataset_names_and_aliases():
         load_dataset("cifar10", "validation", "/nowhere")
     with pytest.raises(DataError, match="no split 'train'"):
         load_dataset("imagenet", "train", "/nowhere")
+
+
+def test_cifar_arrays_of_another_resolution_are_refused(tmp_path):
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    images = np.zeros((4, 64, 64, 3), dtype=np.uint8)
+    np.savez(folder / "test.npz", images=images, labels=np.arange(4))
+    with pytest.raises(DataError, match="images must be N x 32 x 32 x 3 .* got 4x64x64x3"):
+        load_dataset("cifar10", "test", tmp_path)
+
+
+def test_labels_that_are_not_whole_numbers_are_refused_not_truncated(tmp_path):
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    images = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    np.savez(folder / "test.npz", images=images, labels=np.array([1.0, 2.7, 3.0]))
+    with pytest.raises(DataError, match="labels .* must be integers, found 2.7"):
+        load_dataset("cifar10", "test", tmp_path)
+    np.savez(folder / "test.npz", images=images, labels=np.array([1.0, 2.0, 3.0]))  # whole numbers as floats
+    assert load_dataset("cifar10", "test", tmp_path).labels.tolist() == [1, 2, 3]

@@ -9,6 +9,19 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 
 
+def integer_labels(labels: np.ndarray | torch.Tensor, where: str = "") -> np.ndarray:
+    """Labels as a flat int64 array; refuses values that are not whole numbers instead of truncating them."""
+    values = (labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)).reshape(-1)
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"labels{where} must be integers, got {values.dtype}")
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            raise DataError(f"labels{where} must be integers, found {values[bad][0].item()!r}; class indices are "
+                            f"never rounded")
+    return values.astype(np.int64)
+
+
 class ImageArrayDataset(Dataset):
     """Images held as one uint8 (N, H, W, C) tensor with int64 labels.
 
@@ -18,10 +31,9 @@ class ImageArrayDataset(Dataset):
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                  num_classes: int, name: str = "") -> None:
-        images = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
-        labels = torch.as_tensor(np.asarray(labels).astype(np.int64).reshape(-1)
-                                 if isinstance(labels, np.ndarray) else labels).long().reshape(-1)
         where = f" in {name}" if name else ""
+        images = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+        labels = torch.from_numpy(integer_labels(labels, where))
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] not in (1, 3):
             raise DataError(f"images{where} must be uint8 with shape (N, H, W, 3), got {images.dtype} "
                             f"{tuple(images.shape)}")

@@ -111,6 +111,9 @@ def load_npz_split(folder: Path, split: str, num_classes: int, name: str) -> Ima
     parts = [_read_npz(p) for p in files]
     images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    if images.ndim != 4 or tuple(images.shape[1:]) != (32, 32, 3):
+        raise DataError(f"{name} {split} in {folder}: images must be N x 32 x 32 x 3 (uint8, HWC), got "
+                        f"{'x'.join(str(d) for d in images.shape)}; this is not {name} at its resolution")
     return ImageArrayDataset(images, labels, num_classes=num_classes, name=f"{name} {split} ({folder})")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .arrays import ImageArrayDataset
+from .arrays import ImageArrayDataset, integer_labels
 
 
 def load_svhn_mat(path: Path) -> ImageArrayDataset:
@@ -26,7 +26,7 @@ def load_svhn_mat(path: Path) -> ImageArrayDataset:
     images = np.asarray(mat["X"])
     if images.ndim != 4 or images.shape[:3] != (32, 32, 3):
         raise DataError(f"{path}: 'X' should have shape (32, 32, 3, N), got {images.shape}")
-    labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1).copy()
+    labels = integer_labels(mat["y"], f" in {path}").copy()
     labels[labels == 10] = 0  # SVHN stores the digit 0 as class 10
     return ImageArrayDataset(images.transpose(3, 0, 1, 2).astype(np.uint8), labels, num_classes=10,
                              name=f"svhn ({path})")
