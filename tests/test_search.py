@@ -581,3 +581,22 @@ def test_a_signal_stops_the_search_resumably_with_exit_128_plus_the_signal(cifar
     assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "continue with --resume" in err or "state saved" in (folder / "search.log").read_text()
     assert (folder / "supernet_state.pt").is_file() and not (folder / "supernet.safetensors").exists()
+
+
+def test_a_search_resume_that_does_not_fit_changes_nothing(finished_search, cifar_subset, tmp_path, capsys):
+    from robnets.cli import main
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_search, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for override, message in (("search.C=6", "C=4 (this search: 6)"),
+                              ("search.num_samples=3", "draws other candidates")):
+        assert main(["search", "--resume", str(folder), "--data-dir", str(cifar_subset), "--no-progress",
+                     "--set", override]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "saved config.yaml" in err[0], err
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    (folder / "supernet.safetensors").unlink()
+    (folder / "supernet_state.pt").write_bytes(b"not a state")
+    assert main(["search", "--resume", str(folder), "--data-dir", str(cifar_subset), "--no-progress"]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err

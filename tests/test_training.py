@@ -419,3 +419,26 @@ def test_a_signal_saves_the_run_and_exits_128_plus_the_signal(tiny_cifar, tmp_pa
                               str(tiny_cifar), "--no-progress", "--set", "train.epochs=1"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_a_resume_that_does_not_fit_changes_nothing_and_the_run_still_resumes(tiny_cifar, tmp_path, capsys):
+    from robnets.cli import main
+
+    folder = tmp_path / "run"
+    part = _train(["train.epochs=1", "train.train_size=96", "train.max_steps=1"], tiny_cifar, folder)
+    assert not part.completed
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["train", "--resume", str(folder), "--data-dir", str(tiny_cifar), "--no-progress",
+                 "--set", "model.C=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match model" in err[0] and "drop --set overrides" in err[0], err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # config.yaml, state.pt untouched
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_bytes(before["config.yaml"])
+    (tmp_path / "broken" / "state.pt").write_bytes(before["state.pt"][:1000])  # truncated
+    assert main(["train", "--resume", str(tmp_path / "broken"), "--data-dir", str(tiny_cifar)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "truncated, corrupt" in err[0], err
+    assert main(["train", "--resume", str(folder), "--data-dir", str(tiny_cifar), "--no-progress",
+                 "--set", "train.max_steps=null"]) == 0
+    assert (folder / "final.safetensors").is_file()

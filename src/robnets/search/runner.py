@@ -280,6 +280,35 @@ class Search:
         self.log(f"supernet inherited from {source} (sha256 {sha256_file(target)}, trained {trained}, "
                  f"{metadata.get('steps', '?')} steps)")
 
+    def _check_folder_fits(self, supernet: Supernet) -> None:
+        """One error line when the run folder holds a supernet or candidates this config would not make."""
+        from ..models.checkpoint import check_state_dict_matches
+
+        hint = f"resume {self.folder} with its saved config.yaml (drop --set overrides), or use a new folder"
+        weights, state = self.folder / SUPERNET_WEIGHTS, self.folder / SUPERNET_STATE
+        try:
+            if weights.is_file():
+                self._check_supernet_file(supernet, weights)
+            elif state.is_file():
+                try:
+                    saved = torch.load(state, map_location="cpu", weights_only=True)
+                    tensors, _ = saved["model"], int(saved["step"])
+                except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign: one line
+                    raise RobnetsError(f"cannot read {state} ({type(exc).__name__}): it is truncated or corrupt; "
+                                       f"delete it to train the supernet from the start") from None
+                check_state_dict_matches(supernet, tensors, str(state), "supernet")
+        except RobnetsError as exc:
+            raise RobnetsError(f"{exc}; {hint}") from None
+        listed = self.folder / "candidates.json"
+        if listed.is_file():
+            try:
+                names = [c["genotype"] for c in json.loads(listed.read_text(encoding="utf-8"))]
+            except (ValueError, TypeError, KeyError):
+                raise RobnetsError(f"{listed} is damaged (not a list of candidates); {hint}") from None
+            if names != [str(g) for g in self.candidates()]:
+                raise RobnetsError(f"this config draws other candidates than {listed} lists, so earlier scores "
+                                   f"would be mixed with new ones; {hint}")
+
     @staticmethod
     def _check_supernet_file(supernet: Supernet, source: Path) -> dict[str, str]:
         """The metadata of ``source`` if it is a supernet of ``supernet``'s structure; else one error line."""
@@ -387,8 +416,10 @@ class Search:
         c, s, ctx = self.config, self.s, self.ctx
         train, val = self._data()
         supernet = self.build_supernet(train.num_classes)
+        # everything is checked before anything is written, so a resume that does not fit changes nothing
         if s.supernet_weights and not (self.folder / SUPERNET_WEIGHTS).is_file():
-            self._check_supernet_file(supernet, Path(s.supernet_weights))  # before anything is written
+            self._check_supernet_file(supernet, Path(s.supernet_weights))
+        self._check_folder_fits(supernet)
         if ctx.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
             save_config(c, self.folder / "config.yaml")

@@ -122,7 +122,13 @@ class Trainer:
             if not state_path.is_file():
                 raise RobnetsError(f"nothing to resume: {state_path} not found (give the run folder of an "
                                    f"interrupted run)")
-            resume_state = torch.load(state_path, map_location="cpu", weights_only=True)
+            try:
+                resume_state = torch.load(state_path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is one error line
+                raise RobnetsError(f"cannot read {state_path} ({type(exc).__name__}); it is truncated, corrupt or "
+                                   f"not a training state: start the run again, or restore the file") from None
+            if not isinstance(resume_state, dict):
+                raise RobnetsError(f"{state_path} is not a robnets training state (a {type(resume_state).__name__})")
             self.folder = state_path.parent
         else:
             self.folder = Path(output_dir) if output_dir else Path(config.output_dir) / (
@@ -207,13 +213,24 @@ class Trainer:
         return save_weights(model, self.folder / name, model_name=c.model.name, dataset=c.data.dataset,
                             threat_model=c.attack.norm, eps=c.attack.eps, dtype=dtype, extra_metadata=extra)
 
+    def _check_resume_state(self, model: nn.Module, state: dict) -> None:
+        """One error line when a saved state cannot continue this config (keys, shapes, what it holds)."""
+        from ..models.checkpoint import check_state_dict_matches
+
+        needed = ("model", "optimizer", "epoch", "step", "sums", "rng_cpu")
+        missing = [k for k in needed if k not in state]
+        if missing or not isinstance(state.get("model"), dict):
+            raise RobnetsError(f"--resume {self.folder}: {STATE_FILE} lacks {', '.join(missing) or 'the model'}; "
+                               f"it is not a robnets training state")
+        hint = "resume with the saved config.yaml (drop --set overrides that change the model)"
+        try:
+            check_state_dict_matches(model, state["model"], f"{STATE_FILE} of {self.folder}", self.config.model.name)
+        except RobnetsError as exc:
+            raise RobnetsError(f"--resume: {exc}; {hint}") from None
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
         c, t, ctx = self.config, self.config.train, self.ctx
-        if ctx.is_main:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.folder / "config.yaml")  # the resolved config (a resume may override)
-        ctx.barrier()
         train, val = self._data()
         loader = GpuBatchLoader(train, self.batch_size * self.accumulate, device=self.device, shuffle=True, drop_last=True,
                                 augment=True, crop_padding=4, flip=True,
@@ -234,10 +251,15 @@ class Trainer:
         epoch, step, best, history = 0, 0, None, []
         sums = [0.0, 0.0, 0.0]  # loss sum, correct, count (this epoch, this rank)
         probe_best = None
-        if self._resume_state is not None:
+        if self._resume_state is not None:  # everything is checked before anything in the folder changes
             s = self._resume_state
+            self._check_resume_state(model, s)
             model.load_state_dict(s["model"])
-            optimizer.load_state_dict(s["optimizer"])
+            try:
+                optimizer.load_state_dict(s["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise RobnetsError(f"--resume {self.folder}: the saved optimizer state does not fit this config "
+                                   f"({exc}); resume without overrides that change the model or optimizer") from None
             if ema is not None and "ema" in s:
                 ema.load_state_dict(s["ema"])
             epoch, step = int(s["epoch"]), int(s["step"])
@@ -246,6 +268,11 @@ class Trainer:
             sums = [float(v) for v in s["sums"]]
             history = json.loads(s.get("history", "[]"))
             torch.set_rng_state(s["rng_cpu"])
+        if ctx.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_config(c, self.folder / "config.yaml")  # the resolved config (a resume may override)
+        ctx.barrier()
+        if self._resume_state is not None:
             self.log(f"resuming {self.folder} at epoch {epoch}, step {step}/{steps_per_epoch}")
             if ctx.is_main:  # metrics.jsonl holds exactly the finished epochs
                 write_text_atomic(self.folder / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
