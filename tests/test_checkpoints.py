@@ -172,6 +172,29 @@ def test_malicious_pickles_are_never_executed(tmp_path, legacy):
     assert not marker.exists()
 
 
+class _EvalExploit:
+    """Pickles into a call of the builtin eval (legacy pickles name it without its module)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (eval, (f"open({str(self.marker)!r}, 'w')",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_refused_builtin_is_named_not_called_corrupt(tmp_path, legacy):
+    marker = tmp_path / "pwned"
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    torch.save({"state_dict": model.state_dict(), "x": _EvalExploit(marker)}, tmp_path / "evil.pt",
+               _use_new_zipfile_serialization=not legacy)
+    try:
+        read_checkpoint(tmp_path / "evil.pt")  # an inert placeholder may take eval's place: weights load
+    except CheckpointError as exc:
+        assert "refusing to load" in str(exc) and "eval" in str(exc) and "corrupt" not in str(exc), exc
+    assert not marker.exists()
+
+
 def test_unknown_classes_become_inert_placeholders(tmp_path):
     """A class that does not exist here (like the original's lr_scheduler.CosineLRScheduler) is neither
     imported nor constructed: an inert placeholder takes its data and the weights load."""

@@ -83,12 +83,14 @@ def _torch_load_weights_only(path: Path) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises several types for unreadable files
             match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-            if match and "is blocked" in str(exc):
+            # a blocked module, or a global that an inert placeholder could not stand in for (legacy pickles
+            # name builtins such as eval without their module): refused, and said so
+            if match and ("is blocked" in str(exc) or match.group(1) in names):
                 raise CheckpointError(
                     f"refusing to load checkpoint {path}: it references {match.group(1)}, which could run code "
                     f"and has no place in a weights file; re-save only its state_dict from a trusted source"
                 ) from None
-            if match and match.group(1) not in names:
+            if match:
                 names.append(match.group(1))
                 continue
             reason = str(exc).strip().splitlines()
