@@ -9,8 +9,8 @@ per model on 2 cores; traffic does not depend on the device; batch 2, scaled per
 
     python benchmarks/memory_bound.py --models robnet_free,robnet_large_v1 --bandwidth-tbs 4.3,3.0
 
-Bandwidths measured here with a device-to-device copy (bytes read + written): H200 about 4.3 TB/s, H100 about
-3.0 TB/s (/work/.library/device/KINDS.md).
+Bandwidths as a device-to-device copy reaches them (bytes read + written): H200 about 4.3 TB/s, H100 about
+3.0 TB/s.
 """
 
 from __future__ import annotations
