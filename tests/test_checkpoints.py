@@ -13,6 +13,7 @@ import torch
 
 import robnets
 from robnets.errors import CheckpointError
+from robnets.models.pretrained import pretrained_info
 from robnets.models.checkpoint import load_model, load_weights, read_checkpoint, save_weights
 
 FIXTURES = {
@@ -212,10 +213,9 @@ def test_unknown_classes_become_inert_placeholders(tmp_path):
     assert set(loaded.state_dict) == set(model.state_dict())
 
 
-ROBNET_FREE_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "robnet_free_cifar10_nfgsm_h200_4ep.safetensors"
+ROBNET_FREE_WEIGHTS = pretrained_info("robnet_free").path()
 
 
-@pytest.mark.skipif(not ROBNET_FREE_WEIGHTS.is_file(), reason="weights/ is not in this checkout (repository only)")
 def test_committed_robnet_free_weights_are_self_describing_and_trained():
     """The robnet_free trained by this project on a GPU (issue 4): fp16 storage under 16 MiB, metadata that
     names the paper's architecture and the measured test accuracies, and real accuracy on real test images

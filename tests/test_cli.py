@@ -119,8 +119,8 @@ def test_list_models_and_info(capsys):
 
 
 def test_python_dash_m_and_demo_run_end_to_end(tmp_path):
-    """The main job with the weights the package ships (the most robust by their metadata)."""
-    from robnets.models.pretrained import find_shipped_weights, shipped_metadata
+    """The main job with the published compact RobNet (sha256-verified) on the embedded sample."""
+    from robnets.models.pretrained import pretrained_info
 
     proc = _run("-m", "robnets", "demo", "--n", "100", "--n-attack", "2", "--attacks", "clean,pgd1",
                 "--output-dir", str(tmp_path / "demo"), "--no-progress")
@@ -128,25 +128,10 @@ def test_python_dash_m_and_demo_run_end_to_end(tmp_path):
     assert "| pgd1 " in proc.stdout
     result = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["n"] for r in result["results"]] == [100, 2]
-    weights = find_shipped_weights(None, "cifar10")
-    if weights is None:
-        assert "UNTRAINED" in proc.stderr and result["model"] == "robnet_free"
-    else:
-        assert "Shipped weights" in proc.stderr and "UNTRAINED" not in proc.stderr
-        assert result["model"] == shipped_metadata(weights)["model"]
-        assert result["results"][0]["accuracy"] >= 30  # trained: far above chance (10%) on real test images
-
-
-def test_demo_says_plainly_when_no_trained_weights_ship(monkeypatch, tmp_path, capsys):
-    import robnets.models.pretrained as pretrained
-    from robnets.cli import main
-
-    monkeypatch.setattr(pretrained, "find_shipped_weights", lambda *a, **k: None)
-    assert main(["demo", "--n", "4", "--n-attack", "2", "--attacks", "clean,pgd1", "--output-dir",
-                 str(tmp_path / "demo"), "--no-progress", "--sanity", "off"]) == 0
-    assert "UNTRAINED" in capsys.readouterr().err
-    result = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert result["model"] == "robnet_free" and result["parameters"] == 5_439_790
+    entry = pretrained_info("robnet_compact")
+    assert f"Published weights {entry.name}" in proc.stderr and "UNTRAINED" not in proc.stderr
+    assert result["model"] == "robnet_compact"
+    assert result["results"][0]["accuracy"] >= 30  # trained: far above chance (10%) on real test images
 
 
 def _original_config(tmp_path, checkpoint, data_root, steps=2):

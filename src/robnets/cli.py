@@ -18,8 +18,7 @@ import yaml
 from .errors import RobnetsError
 
 DEMO_N = 500
-DEMO_N_ATTACK = 40  # untrained robnet_free (1.56 GFLOP per image)
-DEMO_N_ATTACK_TRAINED = 200  # the shipped compact RobNet (0.12 GFLOP per image)
+DEMO_N_ATTACK = 200
 
 
 def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
@@ -27,6 +26,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
         parser.add_argument("--config", "-c", help="YAML config or original-style experiments/<name>/config.py")
         parser.add_argument("--model", help="registered model name (overrides the config's model.name)")
         parser.add_argument("--checkpoint", help="weights: original .pth.tar, plain state dict or .safetensors")
+        parser.add_argument("--weights", metavar="NAME",
+                            help="published weights by name, e.g. robnet_free (list: robnets weights)")
         parser.add_argument("--untrained", action="store_true", help="evaluate random weights (no checkpoint)")
         parser.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet or cifar10-sample")
         parser.add_argument("--sample", action="store_true",
@@ -34,6 +35,9 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
         parser.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config, then ./data)")
         parser.add_argument("--download", action="store_true", help="download the dataset with torchvision")
     parser.add_argument("--attacks", help="comma-separated: clean,fgsm,pgd20,pgd100,pgdl2-20,mifgsm")
+    parser.add_argument("--norm", choices=["Linf", "L2", "L1"], help="threat model (default Linf)")
+    parser.add_argument("--eps", type=_parse_eps, metavar="EPS",
+                        help="perturbation budget, e.g. 8/255 or 0.5 (default 8/255 for Linf, 0.5 for L2)")
     parser.add_argument("--n", type=int, help="evaluate the first N test images")
     parser.add_argument("--n-attack", type=int, help="attack only the first N of them (each result states n)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -58,6 +62,20 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _parse_eps(text: str) -> float:
+    """'8/255' or '0.0314' -> float; refuses what is not a finite non-negative number."""
+    import math
+
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number such as 8/255 or 0.5") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -68,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("eval", help="clean and adversarial accuracy of a model")
     _add_eval_arguments(p_eval)
 
-    p_demo = sub.add_parser("demo", help="evaluate the best shipped RobNet on the embedded CIFAR-10 sample (the main job)")
+    p_demo = sub.add_parser("demo", help="evaluate the published compact RobNet on the embedded CIFAR-10 sample (the main job)")
     _add_eval_arguments(p_demo, demo=True)
 
     p_train = sub.add_parser("train", help="adversarial training (original recipe or fast methods)")
@@ -107,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p_search.add_argument("--no-progress", action="store_true")
 
+    p_weights = sub.add_parser("weights", help="published weights by name, with their measured accuracies")
+    p_weights.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'robnet_free*'")
+    p_weights.add_argument("--json", action="store_true", help="print JSON")
+
     p_list = sub.add_parser("list-models", help="registered model names")
     p_list.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'robnet_*'")
 
@@ -130,6 +152,10 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"data.dataset={args.dataset}")
     if args.attacks:
         out.append(f"eval.attacks={args.attacks}")
+    if args.norm:
+        out.append(f"attack.norm={args.norm}")
+    if args.eps is not None:
+        out.append(f"attack.{'eps' if (args.norm or 'Linf') == 'Linf' else 'l2_eps'}={args.eps!r}")
     if args.n is not None:
         out.append(f"eval.n={args.n}")
     if args.batch_size is not None:
@@ -187,6 +213,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_counts(args)
     overrides = _eval_overrides(args)
+    if args.weights:
+        from .models.pretrained import pretrained_info, verified_path
+
+        if args.checkpoint or args.untrained:
+            raise RobnetsError("give --weights NAME or --checkpoint PATH / --untrained, not both")
+        entry = pretrained_info(args.weights)
+        args.checkpoint = str(verified_path(entry))
+        print(f"==> Published weights {entry.name} ({entry.model}, {entry.dataset}, {entry.threat_model} "
+              f"{entry.eps * 255:.0f}/255; sha256 verified)", file=sys.stderr)
     if args.config is None and not args.model and args.checkpoint:
         # this project's weights name their architecture: build it instead of the default model
         from .evaluation.pipeline import model_overrides_from_checkpoint
@@ -202,34 +237,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_WEIGHTS = "robnet_compact"  # small enough for PGD-20 on 200 images in about a minute on 2 CPU cores
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: the best RobNet the project ships (else untrained robnet_free) on the embedded
-    CIFAR-10 sample, clean and PGD-20."""
+    """The main job: the published compact RobNet on the embedded CIFAR-10 sample, clean and PGD-20."""
     from .config import load_config
-    from .evaluation.pipeline import run_evaluation
-    from .models.pretrained import find_shipped_weights, shipped_metadata
+    from .evaluation.pipeline import model_overrides_from_checkpoint, run_evaluation
+    from .models.pretrained import pretrained_info, verified_path
 
     _check_counts(args)
-    weights = find_shipped_weights(None, "cifar10")
+    entry = pretrained_info(DEMO_WEIGHTS)
+    weights = verified_path(entry)
     base = ["name=demo", "data.dataset=cifar10-sample", "eval.attacks=clean,pgd20", f"eval.n={DEMO_N}",
-            "eval.batch_size=100", "output_dir=./runs"]
-    n_attack = DEMO_N_ATTACK
-    if weights is None:
-        base.append("model.name=robnet_free")
-        print("==> No trained weights ship with this version yet: the weights are UNTRAINED (random), so both "
-              "accuracies are near chance. This run shows the pipeline, not robustness.", file=sys.stderr)
-    else:
-        from .evaluation.pipeline import model_overrides_from_checkpoint
-
-        meta = shipped_metadata(weights)
-        base += model_overrides_from_checkpoint(weights)
-        n_attack = DEMO_N_ATTACK_TRAINED  # PGD-20 on 200 images keeps the main job under 3 minutes on 2 cores
-        print(f"==> Shipped weights: {weights.name} ({meta['model']}, {meta.get('architecture', '')}; "
-              f"{meta.get('notes', 'trained by this project')})", file=sys.stderr)
+            "eval.batch_size=100", "output_dir=./runs", *model_overrides_from_checkpoint(weights)]
+    print(f"==> Published weights {entry.name} ({entry.notes}; CIFAR-10 test: "
+          f"clean {entry.measured['clean'].accuracy:.2f} %, PGD-20 {entry.measured['pgd20'].accuracy:.2f} %, "
+          f"n={entry.measured['pgd20'].n:,})", file=sys.stderr)
     config = load_config(None, base + _eval_overrides(args))
-    n_attack = args.n_attack if args.n_attack is not None else n_attack
-    run = run_evaluation(config, checkpoint=weights, untrained=weights is None, output_dir=args.output_dir,
-                         n_attack=n_attack, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    n_attack = args.n_attack if args.n_attack is not None else DEMO_N_ATTACK
+    run = run_evaluation(config, checkpoint=weights, output_dir=args.output_dir, n_attack=n_attack,
+                         progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     _print_run(run)
     return 0
 
@@ -241,6 +269,21 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     width = max((len(n) for n in names), default=0)
     for name in names:
         print(f"{name.ljust(width)}  {model_info(name).description}")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .models.pretrained import PRETRAINED, list_pretrained, weights_table
+
+    names = set(list_pretrained(args.pattern))
+    if args.json:
+        print(json.dumps([w.to_dict() for w in PRETRAINED if w.name in names], indent=2))
+        return 0
+    lines = weights_table().splitlines()
+    keep = lines[:2] + [line for line, w in zip(lines[2:], PRETRAINED) if w.name in names]
+    print("\n".join(keep))
+    print("\nload: robnets.create_model('<name>') or create_model('<model>', pretrained=True); "
+          "evaluate: robnets eval --weights <name>")
     return 0
 
 
@@ -393,7 +436,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return _exit_status(result.stopped_by)
 
 
-COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "weights": cmd_weights, "info": cmd_info}
 
 
 def run_guarded(fn, *args) -> int:  # noqa: ANN001

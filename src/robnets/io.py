@@ -1,4 +1,5 @@
-"""File output that survives interruption: write to a temporary file in the same folder, then rename."""
+"""File output that survives interruption: write to a temporary file in the same folder, flush it to disk,
+then rename it over the target (the folder is flushed too, so the rename itself survives a power cut)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,60 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+STALE_TEMP_SECONDS = 3600.0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # some platforms cannot open folders; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path, name: str, older_than: float = STALE_TEMP_SECONDS) -> None:
+    """Delete ``.<name>.*.tmp`` left in ``folder`` by a writer that was killed (older than ``older_than`` s)."""
+    cutoff = time.time() - older_than
+    for stale in folder.glob(f".{name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it is flushed and renamed onto ``path`` atomically.
+
+    The result gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync_path(Path(tmp))
         os.replace(tmp, path)
+        _fsync_path(path.parent, directory=True)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -17,7 +17,7 @@ from ..io import write_text_atomic
 from .original import evaluate_expression, load_original_config_file
 from .schema import Config
 
-_CHOICES = {"attack.norm": ("Linf", "L2"), "eval.precision": ("fp32", "bf16"),
+_CHOICES = {"attack.norm": ("Linf", "L2", "L1"), "eval.precision": ("fp32", "bf16"),
             "eval.device": ("auto", "cpu", "cuda"), "eval.execution": ("fast", "plain"), "eval.sanity": ("off", "quick", "full"),
             "eval.autoattack_version": ("standard", "plus", "rand"),
             "train.method": ("pgd", "fgsm_rs", "nfgsm", "trades", "standard"), "train.precision": ("fp32", "bf16"),
@@ -153,11 +153,31 @@ def validate(config: Config) -> Config:
     return config
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The experiment configs shipped in the package (``robnets/experiments/<name>.yaml``), by name."""
+    from importlib import resources
+
+    folder = resources.files("robnets").joinpath("experiments")
+    if not folder.is_dir():
+        return {}
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file, or the bundled experiment of that name (``RobNet_free_cifar10``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    bundled = bundled_configs()
+    if len(path.parts) == 1 and path.stem in bundled and path.suffix in ("", ".yaml"):
+        return bundled[path.stem]
+    hint = f"; or name a bundled experiment: {', '.join(sorted(bundled))}" if bundled else ""
+    raise ConfigError(f"config file {path} not found{hint}")
+
+
 def load_config_dict(path: str | Path) -> dict[str, Any]:
     """The nested dict of a YAML file or an original-style ``config.py`` (never executed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
+    path = resolve_config_path(path)
     if path.suffix == ".py":
         return load_original_config_file(path)
     if path.suffix not in (".yaml", ".yml"):
@@ -207,6 +227,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None) -> Config:
     """Load a YAML or original config file (or only ``base`` values), apply overrides, validate."""
+    path = resolve_config_path(path) if path is not None else None
     data = load_config_dict(path) if path is not None else {}
     if base:
         data = _merge(base, data)

@@ -92,14 +92,32 @@ def normalize_model_args(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, pretrained: bool | str = False, **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model('robnet_free', num_classes=10)``.
 
     Keyword arguments override the registered defaults; the original implementation's names
-    (``AdPoolSize``, ``ImgNetBB``) are accepted too. The model is returned in eval mode.
+    (``AdPoolSize``, ``ImgNetBB``) are accepted too. ``pretrained=True`` loads the model's default published
+    weights, ``pretrained='<tag>'`` (or the name ``'<model>.<tag>'``) named ones, verified by sha256
+    (``robnets weights`` lists them). The model is returned in eval mode.
     """
+    if "." in name:
+        name, tag = name.split(".", 1)
+        if pretrained not in (False, True, tag, f"{name}.{tag}"):
+            raise RobnetsError(f"create_model({name}.{tag!r}) names weights already; drop pretrained={pretrained!r}")
+        pretrained = f"{name}.{tag}"
     info = model_info(name)
     kwargs = normalize_model_args(kwargs)
+    weights = None
+    if pretrained:
+        from .pretrained import pretrained_info, pretrained_model_args
+
+        weights = pretrained if isinstance(pretrained, str) and "." in pretrained else (
+            f"{name}.{pretrained}" if isinstance(pretrained, str) else name)
+        entry = pretrained_info(weights)
+        if entry.model != name:
+            raise RobnetsError(f"published weights {entry.name} belong to model {entry.model!r}, not {name!r}")
+        weights = entry.name
+        kwargs = {**pretrained_model_args(weights), **kwargs}
     accepted = inspect.signature(info.builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     if not takes_any:
@@ -111,6 +129,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
                 )
     model = info.builder(**kwargs)
     model.registry_name = name
+    if weights is not None:
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, weights)
     model.eval()
     return model
 
@@ -165,6 +187,18 @@ def robnet_large_v2(C: int = 64, num_classes: int = 10, layers: int = 33, steps:
                     imagenet_stem: bool = False, mean: list[float] | None = None,
                     std: list[float] | None = None) -> RobNet:
     """RobNet_large_v2 (CIFAR-10)."""
+    return RobNet(ROBNET_LARGE, **locals())
+
+
+@register_model(
+    description="RobNet_compact: the RobNet_large cell in a small network (5 cells, C=16, 0.41 M parameters)",
+    genotype=ROBNET_LARGE, paper=_PAPER,
+)
+def robnet_compact(C: int = 16, num_classes: int = 10, layers: int = 5, steps: int = 4, multiplier: int = 4,
+                   stem_multiplier: int = 3, share: bool = True, adaptive_pool_size: int = 1,
+                   imagenet_stem: bool = False, mean: list[float] | None = None,
+                   std: list[float] | None = None) -> RobNet:
+    """The RobNet_large cell at a size that trains and attacks on a CPU (not the paper's 6.8 M robnet_large_v1)."""
     return RobNet(ROBNET_LARGE, **locals())
 
 
