@@ -17,15 +17,16 @@ ROBNETS="${ROBNETS:-.venv/bin/robnets}"
 HERE=studies/search_retest
 [ -f "$HERE/finalists.json" ] || "$PY" "$HERE/pick_finalists.py"
 names=$("$PY" -c "import json; print(' '.join(f['name'] for f in json.load(open('$HERE/finalists.json'))))")
+genotype_of() { "$PY" -c "import json; print({f['name']: f['genotype'] for f in json.load(open('$HERE/finalists.json'))}['$1'])"; }
+# first every finalist trained and evaluated with PGD-20, then the (much slower) AutoAttack runs
 for seed in $SEEDS; do
   for name in $names; do
     run="$HERE/runs/finalists/$name-seed$seed"
-    genotype=$("$PY" -c "import json; print({f['name']: f['genotype'] for f in json.load(open('$HERE/finalists.json'))}['$name'])")
     if [ ! -f "$run/final.safetensors" ]; then
       if [ -f "$run/state.pt" ]; then
         "$ROBNETS" train --resume "$run" --data-dir "$DATA" --no-progress
       else
-        "$ROBNETS" train --config "$HERE/finalist.yaml" --genotype "$genotype" --set "seed=$seed" \
+        "$ROBNETS" train --config "$HERE/finalist.yaml" --genotype "$(genotype_of "$name")" --set "seed=$seed" \
           --output-dir "$run" --data-dir "$DATA" --no-progress
       fi
     fi
@@ -34,9 +35,12 @@ for seed in $SEEDS; do
       "$ROBNETS" eval --checkpoint "$run/final.safetensors" --data-dir "$DATA" --attacks clean,pgd20 \
         --n-attack "$PGD_N" --batch-size 200 --device cpu --output-dir "$run/eval-pgd" --no-progress
     fi
-    if [ "$seed" = "0" ] && [ ! -f "$run/autoattack.json" ]; then
-      "$PY" "$HERE/autoattack_eval.py" --checkpoint "$run/final.safetensors" --data-dir "$DATA" --n "$AA_N" \
-        --output "$run/autoattack.json"
-    fi
   done
+done
+for name in $names; do
+  run="$HERE/runs/finalists/$name-seed0"
+  if [ -f "$run/final.safetensors" ] && [ ! -f "$run/autoattack.json" ]; then
+    "$PY" "$HERE/autoattack_eval.py" --checkpoint "$run/final.safetensors" --data-dir "$DATA" --n "$AA_N" \
+      --output "$run/autoattack.json"
+  fi
 done
