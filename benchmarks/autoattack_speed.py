@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.apgd_only:
         with torch.no_grad():
             y = torch.cat([model(x[i:i + args.bs]).argmax(1) for i in range(0, args.n, args.bs)])
-        attack = APGD(model, norm="Linf", eps=8 / 255, n_iter=100, seed=0)
+        attack = APGD(model, eps=8 / 255, steps=100, seed=0)
         start = time.perf_counter()
         for i in range(0, args.n, args.bs):
             attack(x[i:i + args.bs], y[i:i + args.bs])
@@ -68,25 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         print("| model | attack | n | seconds | images/s |\n| --- | --- | ---: | ---: | ---: |")
         print(f"| {row['model']} | {row['attack']} | {args.n} | {seconds:.1f} | {row['images_per_s']} |")
     else:
-        marks: list[tuple[str, float]] = []
-
-        def log(message: str) -> None:
-            if message.startswith("robust accuracy after"):
-                marks.append((message.split()[3].rstrip(":").lower(), time.perf_counter()))
-            print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
-
         start = time.perf_counter()
-        aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", seed=0, log=log)
+        aa = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", seed=0,
+                        log=lambda m: print(f"[{time.perf_counter() - start:7.1f} s] {m}", file=sys.stderr, flush=True))
         aa.run_standard_evaluation(x, y, bs=args.bs)
         seconds = time.perf_counter() - start
-        per_attack, last = {}, start
-        for name, when in marks:
-            per_attack[name] = round(when - last, 2)
-            last = when
+        per_attack = aa.seconds
         row.update(attack="autoattack standard (Linf, 8/255)", seconds=round(seconds, 2),
                    images_per_s=round(args.n / seconds, 3), clean=100 * aa.clean_accuracy,
-                   robust=100 * aa.robust_accuracy, per_attack_seconds=per_attack,
-                   attacked=aa.attack_counts)
+                   robust=100 * aa.robust_accuracy, per_attack_seconds=per_attack, engine=aa.describe()["engine"])
         print("| model | n | clean % | AA robust % | seconds | images/s | per attack (s) |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
         print(f"| {row['model']} | {args.n} | {row['clean']:.1f} | {row['robust']:.1f} | {seconds:.1f} | "

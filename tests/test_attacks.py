@@ -207,12 +207,11 @@ def test_attacks_work_inside_no_grad_and_refuse_inference_mode(tiny_robnet, name
 
 
 def test_autoattack_attacks_work_inside_no_grad(tiny_robnet):
-    from robnets.attacks import APGD
-    from robnets.attacks.autoattack import APGDT, FAB
+    from robnets.attacks import APGD, APGDT, FAB
 
     x, y = _data(4)
-    for make in (lambda: APGD(tiny_robnet, n_iter=3), lambda: APGDT(tiny_robnet, n_iter=3, n_target_classes=2),
-                 lambda: FAB(tiny_robnet, n_iter=3, targeted=True, n_target_classes=2)):
+    for make in (lambda: APGD(tiny_robnet, steps=3), lambda: APGDT(tiny_robnet, steps=3, target_classes=2),
+                 lambda: FAB(tiny_robnet, steps=3, target_classes=2)):
         expected = make()(x, y)
         with torch.no_grad():
             assert torch.equal(make()(x, y), expected)

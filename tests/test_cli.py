@@ -4,6 +4,9 @@ and the original ``python main.py --config ... --eval_only``."""
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 import subprocess
 import sys
 
@@ -213,7 +216,54 @@ def test_autoattack_suite_rows_are_a_cascade(tmp_path, capsys):
     assert [r["attack"] for r in rows] == ["clean", "aa:apgd-ce", "aa:apgd-t", "aa:fab-t", "aa:square", "autoattack"]
     accuracies = [r["accuracy"] for r in rows]
     assert all(b <= a for a, b in zip(accuracies[:-1], accuracies[1:-1])) and accuracies[-1] == accuracies[-2]
-    assert (out / "autoattack_state.json").exists()  # resumable
+    assert (out / "autoattack_state.safetensors").exists()  # resumable
+    card = json.loads((out / "model_info.json").read_text())  # RobustBench's model_info fields
+    for key in ("name", "link", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote"):
+        assert key in card, key
+    assert card["eps"] == "8/255" and card["dataset"] == "cifar10" and card["additional_data"] is False
+    assert card["autoattack_acc"] == f"{accuracies[-1]:.2f}" and card["clean_acc"] == f"{accuracies[0]:.2f}"
+    assert "first 4 test points" in card["footnote"] and "pyautoattack" in card["footnote"]
+    assert stat.S_IMODE((out / "results.json").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_n_bounds_the_sanity_checks_to_the_tables_images(tmp_path, monkeypatch, capsys):
+    from robnets.evaluation import sanity
+
+    seen = []
+    real = sanity.run_sanity_checks
+    monkeypatch.setattr(sanity, "run_sanity_checks", lambda model, x, y, **kw: seen.append(len(y)) or real(
+        model, x, y, **kw))
+    assert main(["eval", *TINY_EVAL, "--attacks", "clean", "--n", "6", "--output-dir", str(tmp_path / "r")]) == 0
+    assert seen == [6]
+
+
+def test_eval_help_lists_every_attack_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "threat model and attacks:" in text
+    for name in ("fgsm", "pgd<steps>", "pgdl2-<steps>", "mifgsm", "cw", "deepfool", "apgd-ce", "apgd-t", "fab-t",
+                 "square", "autoattack", "--eps", "--norm", "--weights"):
+        assert name in text, name
+
+
+def test_library_messages_go_through_logging(tmp_path, caplog):
+    """A Python user sees the evaluation's lines only through logging, and can silence them there."""
+    from robnets.evaluation.pipeline import run_evaluation
+
+    config = load_config(None, ["model.name=robnet_large_v1", "model.C=4", "model.layers=3",
+                                "data.dataset=cifar10-sample", "eval.attacks=clean", "eval.n=4", "eval.sanity=off",
+                                "eval.device=cpu"])
+    with caplog.at_level(logging.INFO, logger="robnets"):
+        run_evaluation(config, untrained=True, output_dir=tmp_path / "r", progress=False)
+    assert any("Evaluating robnet_large_v1" in r.getMessage() for r in caplog.records)
 
 
 def test_transfer_and_eot(tmp_path, capsys):

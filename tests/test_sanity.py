@@ -125,7 +125,6 @@ def test_monotonicity_flags(monkeypatch, tiny_robnet):
 
 
 def test_black_box_beating_white_box_is_flagged(tiny_robnet):
-    pytest.importorskip("robnets.attacks.autoattack", reason="needs the in-tree Square attack")
     x, y = _data(32)
     torch.manual_seed(0)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # its output depends on every pixel

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,45 +22,65 @@ DEMO_N = 500
 DEMO_N_ATTACK = 200
 
 
+EVAL_EXAMPLES = """examples:
+  robnets eval --weights robnet_free --data-dir DATA --suite autoattack --n 1000
+  robnets eval --checkpoint RobNet_free_cifar10.pth.tar --model robnet_free --data-dir DATA --suite autoattack
+  robnets eval --config RobNet_large_cifar10 --checkpoint W.pth.tar --data-dir DATA --attacks clean,pgd20
+  robnets eval --weights robnet_compact --sample --norm L2 --eps 0.5 --attacks clean,pgdl2-20
+
+attack names (--attacks, comma-separated): clean, fgsm, pgd<steps> (e.g. pgd20, pgd100), pgdl2-<steps>,
+  mifgsm[<steps>], cw[<steps>], deepfool, apgd-ce, apgd-t, fab-t, square, autoattack
+suites (--suite): quick = clean,pgd20; paper = clean,fgsm,pgd20,pgd100,deepfool,mifgsm (RobNets Table 1);
+  autoattack = clean + the reference AutoAttack (pyautoattack; --autoattack-version standard|plus|rand)
+"""
+
+
 def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    what = parser.add_argument_group("what to evaluate")
+    data = parser.add_argument_group("data")
+    threat = parser.add_argument_group("threat model and attacks")
+    run = parser.add_argument_group("how to run")
     if not demo:
-        parser.add_argument("--config", "-c", help="YAML config or original-style experiments/<name>/config.py")
-        parser.add_argument("--model", help="registered model name (overrides the config's model.name)")
-        parser.add_argument("--checkpoint", help="weights: original .pth.tar, plain state dict or .safetensors")
-        parser.add_argument("--weights", metavar="NAME",
-                            help="published weights by name, e.g. robnet_free (list: robnets weights)")
-        parser.add_argument("--untrained", action="store_true", help="evaluate random weights (no checkpoint)")
-        parser.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet or cifar10-sample")
-        parser.add_argument("--sample", action="store_true",
-                            help="use the CIFAR-10 test sample embedded in the package (500 images)")
-        parser.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config, then ./data)")
-        parser.add_argument("--download", action="store_true", help="download the dataset with torchvision")
-    parser.add_argument("--attacks", help="comma-separated: clean,fgsm,pgd20,pgd100,pgdl2-20,mifgsm")
-    parser.add_argument("--norm", choices=["Linf", "L2", "L1"], help="threat model (default Linf)")
-    parser.add_argument("--eps", type=_parse_eps, metavar="EPS",
+        what.add_argument("--config", "-c",
+                          help="YAML config, original-style experiments/<name>/config.py, or a bundled experiment "
+                               "by name (e.g. RobNet_free_cifar10)")
+        what.add_argument("--model", help="registered model name (overrides the config's model.name)")
+        what.add_argument("--weights", metavar="NAME",
+                          help="published weights by name, e.g. robnet_free (list: robnets weights)")
+        what.add_argument("--checkpoint", help="weights: original .pth.tar, plain state dict or .safetensors")
+        what.add_argument("--untrained", action="store_true", help="evaluate random weights (no checkpoint)")
+        data.add_argument("--dataset", help="cifar10, cifar100, svhn, imagenet or cifar10-sample")
+        data.add_argument("--sample", action="store_true",
+                          help="use the CIFAR-10 test sample embedded in the package (500 images)")
+        data.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config, then ./data)")
+        data.add_argument("--download", action="store_true", help="download the dataset with torchvision")
+    data.add_argument("--n", type=int, help="evaluate the first N test images (bounds the whole run, sanity "
+                                            "checks included)")
+    data.add_argument("--n-attack", type=int, help="attack only the first N of them (each result states n)")
+    data.add_argument("--batch-size", type=int, help="evaluation batch size")
+    threat.add_argument("--attacks", help="comma-separated attack names (listed below)")
+    threat.add_argument("--suite", choices=["quick", "paper", "autoattack"], help="named attack set (below)")
+    threat.add_argument("--norm", choices=["Linf", "L2", "L1"], help="threat model (default Linf)")
+    threat.add_argument("--eps", type=_parse_eps, metavar="EPS",
                         help="perturbation budget, e.g. 8/255 or 0.5 (default 8/255 for Linf, 0.5 for L2)")
-    parser.add_argument("--n", type=int, help="evaluate the first N test images")
-    parser.add_argument("--n-attack", type=int, help="attack only the first N of them (each result states n)")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (fp32 default)")
-    parser.add_argument("--suite", choices=["quick", "paper", "autoattack"],
-                        help="named attack set: quick (clean, PGD-20), paper (RobNets Table 1), autoattack")
-    parser.add_argument("--autoattack-version", choices=["standard", "plus", "rand"])
-    parser.add_argument("--eps-sweep", nargs="?", const="0,1,2,4,6,8,10,12,16", metavar="EPS_LIST",
+    threat.add_argument("--autoattack-version", choices=["standard", "plus", "rand"])
+    threat.add_argument("--eps-sweep", nargs="?", const="0,1,2,4,6,8,10,12,16", metavar="EPS_LIST",
                         help="accuracy-vs-eps plot (PNG + JSON) at these eps in units of 1/255")
-    parser.add_argument("--transfer-from", metavar="CHECKPOINT",
+    threat.add_argument("--transfer-from", metavar="CHECKPOINT",
                         help="black-box transfer: craft the attacks on this model, score them on the evaluated one")
-    parser.add_argument("--transfer-model", help="registered name of the transfer source (if not in its metadata)")
-    parser.add_argument("--eot", type=int, metavar="K", help="average attack gradients over K forward passes")
-    parser.add_argument("--sanity", choices=["off", "quick", "full"],
-                        help="sanity checks written into the results (default quick)")
-    parser.add_argument("--plain", action="store_true",
-                        help="run the model exactly as the original implementation does (no fast path)")
-    parser.add_argument("--output-dir", help="run folder for results.json, results.md, config.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted config override, e.g. --set attack.steps=100 (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    threat.add_argument("--transfer-model", help="registered name of the transfer source (if not in its metadata)")
+    threat.add_argument("--eot", type=int, metavar="K", help="average attack gradients over K forward passes")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
+    run.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes (fp32 default)")
+    run.add_argument("--sanity", choices=["off", "quick", "full"],
+                     help="sanity checks written into the results (default quick)")
+    run.add_argument("--plain", action="store_true",
+                     help="run the model exactly as the original implementation does (no fast path)")
+    run.add_argument("--output-dir", help="run folder for results.json, results.md, config.yaml "
+                                          "(default: runs/eval-<name>-<model>-<time>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted config override, e.g. --set attack.steps=100 (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _parse_eps(text: str) -> float:
@@ -83,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robnets {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_eval = sub.add_parser("eval", help="clean and adversarial accuracy of a model")
+    p_eval = sub.add_parser("eval", help="clean and adversarial accuracy of a model", epilog=EVAL_EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_eval_arguments(p_eval)
 
     p_demo = sub.add_parser("demo", help="evaluate the published compact RobNet on the embedded CIFAR-10 sample (the main job)")
@@ -451,8 +473,25 @@ def run_guarded(fn, *args) -> int:  # noqa: ANN001
         return 130
 
 
+class _StderrHandler(logging.Handler):
+    """The library's log lines on the current stderr (looked up at each line, so redirection is followed)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def configure_logging() -> None:
+    """The command line shows the library's INFO lines (progress of training, search, AutoAttack) on stderr;
+    Python users of the library get them only if they configure logging themselves."""
+    logger = logging.getLogger("robnets")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     return run_guarded(COMMANDS[args.command], args)
 
 
@@ -511,7 +550,9 @@ def _original(args: argparse.Namespace) -> int:
 
 def original_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the repository's ``main.py`` (the original RobNets command line)."""
-    return run_guarded(_original, build_original_parser().parse_args(argv))
+    args = build_original_parser().parse_args(argv)
+    configure_logging()
+    return run_guarded(_original, args)
 
 
 if __name__ == "__main__":

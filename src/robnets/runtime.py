@@ -48,3 +48,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise RobnetsError(f"unknown device {name!r}; use cpu, cuda or auto") from None
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):  # noqa: ANN001, ANN201
+    """A tqdm bar, drawn only when asked for and stderr is a terminal (no bar frames in log files)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), **kwargs)

@@ -4,7 +4,7 @@
 # Usage (from the repository root): bash studies/search_retest/finalists.sh [DATA_DIR] [SEEDS]
 #   DATA_DIR default ../shared/data/cifar10; SEEDS default "0" (e.g. "0 1" for the spread across seeds)
 # Evaluation: clean on all 10,000 test images, PGD-20 on the first $PGD_N (default 2000), and the reference
-# AutoAttack (pyautoattack: pip install -e '.[autoattack]'; standard, Linf 8/255) on the first $AA_N (default 200)
+# AutoAttack (the reference implementation, pyautoattack; standard, Linf 8/255) on the first $AA_N (default 200)
 # for seed 0.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

@@ -2,7 +2,8 @@
 
 ``create_attack('pgd20', model, eps=..., alpha=...)`` builds one from a short name, as used by the CLI:
 ``fgsm``, ``pgd<steps>`` (L∞), ``pgdl2-<steps>`` (L2), ``mifgsm[<steps>]``, ``cw[<steps>]`` (CW-L∞ margin),
-``deepfool``; ``clean`` means no attack.
+``deepfool``; ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square`` (single attacks of the reference AutoAttack);
+``clean`` means no attack. ``AutoAttack`` runs the reference implementation (``pyautoattack``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from torch import nn
 
 from ..errors import RobnetsError
 from ..runtime import eval_mode
-from .autoattack import APGD, APGDT, FAB, AutoAttack, Square
 from .base import Attack, L2Attack, LinfAttack
 from .cw import CWLinf
 from .deepfool import DeepFool
@@ -21,6 +21,7 @@ from .fgsm import FGSM
 from .mifgsm import MIFGSM
 from .pgd import PGD
 from .pgd_l2 import PGDL2
+from .reference_autoattack import APGD, APGDT, FAB, AutoAttack, Square
 
 ATTACK_NAMES = ("clean", "fgsm", "pgd<steps>", "pgdl2-<steps>", "mifgsm[<steps>]", "cw[<steps>]", "deepfool",
                 "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
@@ -67,14 +68,12 @@ def create_attack(
     if kind == "autoattack":
         raise RobnetsError("'autoattack' is a cascade of attacks, not one attack: use robnets.attacks.AutoAttack "
                            "or `robnets eval --suite autoattack`")
-    if kind == "apgd-ce":
-        return APGD(model, norm="Linf", eps=eps, loss="ce", seed=seed or 0, precision=precision, eot_iter=eot_iter)
-    if kind == "apgd-t":
-        return APGDT(model, norm="Linf", eps=eps, seed=seed or 0, precision=precision)
-    if kind == "fab-t":
-        return FAB(model, norm="Linf", eps=eps, targeted=True, seed=seed or 0)
-    if kind == "square":
-        return Square(model, norm="Linf", eps=eps, seed=seed or 0)
+    if kind in ("apgd-ce", "apgd-t", "fab-t", "square"):
+        if eot_iter != 1:
+            raise RobnetsError(f"{kind} takes no EOT setting here; use AutoAttack(version='rand') for randomized "
+                               f"models")
+        cls = {"apgd-ce": APGD, "apgd-t": APGDT, "fab-t": FAB, "square": Square}[kind]
+        return cls(model, eps=eps, seed=seed or 0, precision=precision)
     if kind == "deepfool":
         return DeepFool(model, eps=eps, precision=precision, eot_iter=eot_iter)
     if kind == "cw":

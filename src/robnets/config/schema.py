@@ -176,7 +176,7 @@ class Config:
     name: str = "experiment"
     seed: int = 10
     report_freq: int = 10
-    output_dir: str = "./log"
+    output_dir: str = "./runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)

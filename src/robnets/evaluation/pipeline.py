@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,12 @@ from ..attacks import create_attack
 from ..config import Config, save_config
 from ..data import DATASETS, load_dataset, resolve_data_root
 from ..errors import RobnetsError
-from ..io import sha256_file
+from ..io import sha256_file, write_json_atomic
 from ..acceleration import accelerate, cuda_graphs_enabled
 from ..models import RobNet, create_model
 from ..models.checkpoint import load_weights, read_checkpoint
 from ..models.registry import model_info
-from .report import results_table, write_results
+from .report import model_card, results_table, write_results
 from ..runtime import resolve_device
 from .runner import AttackResult, evaluate
 
@@ -90,6 +91,24 @@ def attack_set(config: Config, model: nn.Module, cuda_graphs: bool = False) -> d
     return attacks
 
 
+def _card_identity(config: Config, model: nn.Module, checkpoint: str | Path | None) -> dict[str, Any]:
+    """Name, architecture and authors for a model card: the published weights' entry when the checkpoint is
+    one of them, else the checkpoint's file name."""
+    from ..models.pretrained import PRETRAINED
+
+    architecture = {"robnet_free": "RobNet-free", "robnet_large_v1": "RobNet-large",
+                    "robnet_large_v2": "RobNet-large-v2", "robnet_compact": "RobNet-compact"}.get(
+        config.model.name, config.model.name)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        resolved = Path(checkpoint).resolve()
+        for entry in PRETRAINED:
+            if entry.path().resolve() == resolved:
+                return {"name": f"robnets {entry.name}", "architecture": architecture,
+                        "authors": "robnets contributors"}
+        return {"name": Path(checkpoint).stem, "architecture": architecture}
+    return {"name": f"{config.model.name} (untrained)", "architecture": architecture}
+
+
 def default_run_folder(config: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(config.output_dir) / f"eval-{config.name}-{config.model.name}-{stamp}"
@@ -105,7 +124,7 @@ def run_evaluation(
     output_dir: str | Path | None = None,
     n_attack: int | None = None,
     progress: bool = True,
-    log=print,  # noqa: ANN001
+    log=logging.getLogger("robnets.evaluation").info,  # noqa: ANN001
 ) -> EvaluationRun:
     """Evaluate the configured model; write results.json, results.md and config.yaml into a run folder."""
     device = resolve_device(config.eval.device)
@@ -183,7 +202,7 @@ def run_evaluation(
                                   if config.attack.norm == "Linf" else config.attack.l2_eps,
                                   version=config.eval.autoattack_version, seed=config.eval.attack_seed,
                                   precision=config.eval.precision, batch_size=batch_size,
-                                  state_path=folder / "autoattack_state.json", log=log)
+                                  state_path=folder / "autoattack_state.safetensors", log=log)
     sweep = None
     if config.eval.eps_sweep_255:
         from .suites import eps_sweep
@@ -198,7 +217,9 @@ def run_evaluation(
         from .runner import iterate_batches
         from .sanity import run_sanity_checks
 
-        xs, ys = next(iterate_batches(dataset, min(config.eval.sanity_n, len(dataset)), config.eval.sanity_n))
+        # the first images of the table's own subset, never more than --n / --n-attack allow
+        count = min(config.eval.sanity_n, len(dataset), config.eval.n or len(dataset), n_attack or len(dataset))
+        xs, ys = next(iterate_batches(dataset, count, count))
         sanity = run_sanity_checks(engine, xs.to(device), ys.to(device), eps=config.attack.eps,
                                    level=config.eval.sanity, precision=config.eval.precision,
                                    log=lambda line: log(f"==> sanity {line}"))
@@ -222,6 +243,10 @@ def run_evaluation(
     }
     if sweep is not None:
         meta["eps_sweep"] = {"json": str(folder / "eps_sweep.json"), "png": str(folder / "eps_sweep.png")}
+    card = model_card(results, meta, **_card_identity(config, model, checkpoint))
+    if card is not None:
+        write_json_atomic(folder / "model_info.json", card)
+        meta["model_card"] = str(folder / "model_info.json")
     files = write_results(results, folder, meta)
     files["config"] = save_config(config, folder / "config.yaml")
     return EvaluationRun(results, folder, files, meta)

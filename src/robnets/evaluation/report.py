@@ -53,3 +53,35 @@ def write_results(results: Sequence[AttackResult], folder: str | Path, meta: dic
             f"- [{'FLAG' if f['fired'] else 'ok'}] {f['name']}: {f['message']}" for f in meta["sanity"]] + [""]
     write_text_atomic(md_path, "\n".join(lines))
     return {"json": json_path, "markdown": md_path}
+
+
+PROJECT_URL = "https://github.com/robnets/robnets"
+_DATASET_NAMES = {"cifar10": "cifar10", "cifar10-sample": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet",
+                  "svhn": "svhn"}
+
+
+def model_card(results: Sequence[AttackResult], meta: dict[str, Any], *, name: str, architecture: str,
+               authors: str = "", venue: str = "", reported: float | None = None) -> dict[str, Any] | None:
+    """A RobustBench ``model_info`` entry filled from what this run measured (None without an AutoAttack row).
+
+    RobustBench reads clean and AutoAttack accuracies as strings with two decimals; the footnote states the
+    number of points each was measured on and the engine, since a card from a subset is not a full evaluation.
+    """
+    by_name = {r.attack: r for r in results}
+    aa, clean = by_name.get("autoattack"), by_name.get("clean")
+    if aa is None:
+        return None
+    eps = float(meta["eps"])
+    eps_text = f"{round(eps * 255)}/255" if meta.get("threat_model") == "Linf" else f"{eps:g}"
+    settings = aa.settings or {}
+    footnote = (f"AutoAttack {settings.get('version', 'standard')} ({settings.get('engine', 'reference')}) on the "
+                f"first {aa.n:,} test points" + (f"; clean accuracy on the first {clean.n:,}" if clean else "")
+                + f"; measured with robnets ({meta.get('device', '?')}, {meta.get('precision', 'fp32')}).")
+    return {
+        "link": PROJECT_URL, "name": name, "authors": authors, "additional_data": False,
+        "number_forward_passes": 1, "dataset": _DATASET_NAMES.get(meta.get("dataset", ""), meta.get("dataset")),
+        "venue": venue, "architecture": architecture, "eps": eps_text,
+        "clean_acc": f"{clean.accuracy:.2f}" if clean else "", "reported": f"{reported:.2f}" if reported else "",
+        "autoattack_acc": f"{aa.accuracy:.2f}", "footnote": footnote,
+        "threat_model": meta.get("threat_model"), "n_clean": clean.n if clean else None, "n_autoattack": aa.n,
+    }

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..attacks import Attack
-from ..runtime import autocast_context, check_precision, eval_mode
+from ..runtime import autocast_context, check_precision, eval_mode, progress_bar
 from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
 
@@ -85,7 +84,7 @@ def evaluate(
         for name, attack in attacks.items():
             count = total if attack is None or n_attack is None else min(total, n_attack)
             correct, start = 0, time.perf_counter()
-            bar = tqdm(total=count, desc=f"{name:>10}", unit="img", disable=not progress, leave=True,
+            bar = progress_bar(total=count, desc=f"{name:>10}", unit="img", enabled=progress, leave=True,
                        dynamic_ncols=True)
             with bar:
                 for images, labels in iterate_batches(dataset, batch_size, count, num_workers):

@@ -135,13 +135,11 @@ def check_large_eps(model, x, y, precision, threshold: float = 5.0) -> SanityFla
 
 
 def check_black_box(model, x, y, eps, precision, tolerance, queries: int = 1000) -> SanityFlag:  # noqa: ANN001
-    try:
-        from ..attacks.autoattack import Square
-    except ImportError:
-        return SanityFlag("black_box_vs_white_box", False, "skipped: Square attack unavailable")
+    from ..attacks import Square
+
     white = _pgd_acc(model, x, y, eps, 20, precision)
     with eval_mode(model):
-        x_adv = Square(model, norm="Linf", eps=eps, n_queries=queries, seed=0)(x, y)
+        x_adv = Square(model, eps=eps, n_queries=queries, seed=0, precision=precision)(x, y)
         black = _accuracy(model, x_adv, y, precision)
     detail = {"pgd20": white, "square": black, "queries": queries}
     if black < white - tolerance:

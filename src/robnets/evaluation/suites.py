@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,30 +31,20 @@ def collect(dataset: Dataset, n: int, batch_size: int = 500) -> tuple[torch.Tens
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, version: str,
                    seed: int, precision: str, batch_size: int, state_path: Path | None,
                    log: Callable[[str], None]) -> list[AttackResult]:
-    """The worst-case cascade; one row per attack with the robust accuracy after it (cumulative)."""
-    marks: list[float] = []
-    start = time.perf_counter()
-
-    def record(message: str) -> None:
-        if message.startswith("robust accuracy after"):
-            marks.append(time.perf_counter() - start)
-        log(f"==> autoattack: {message}")
-
-    aa = AutoAttack(model, norm=norm, eps=eps, version=version, seed=seed, precision=precision, log=record)
+    """The reference AutoAttack; one row per attack with the robust accuracy after it (cumulative) and its own
+    seconds, and a final ``autoattack`` row."""
+    aa = AutoAttack(model, norm=norm, eps=eps, version=version, seed=seed, precision=precision,
+                    log=lambda line: log(f"==> autoattack: {line}"))
     aa.run_standard_evaluation(x, y, bs=batch_size, state_path=state_path)
     n = int(y.shape[0])
-    rows, previous = [], 0.0
-    history = [h for h in aa.robust_accuracy_history if h[0] != "clean"]
-    for i, (name, accuracy) in enumerate(history):
-        elapsed = marks[i] if i < len(marks) else time.perf_counter() - start
-        settings = {"threat_model": norm, "eps": eps, "version": version, "seed": seed, "cumulative": True,
-                    "attacked": aa.attack_counts.get(name, {}).get("attacked") if hasattr(aa, "attack_counts") else None}
-        rows.append(AttackResult(f"aa:{name}", round(accuracy * n), n, max(elapsed - previous, 1e-9), settings))
-        previous = elapsed
-    total = time.perf_counter() - start
-    rows.append(AttackResult("autoattack", round(aa.robust_accuracy * n), n, total,
-                             {"threat_model": norm, "eps": eps, "version": version, "seed": seed,
-                              "attacks": [h[0] for h in history]}))
+    settings = {"threat_model": norm, "eps": eps, "version": version, "seed": seed, "engine": aa.describe()["engine"]}
+    rows = [AttackResult(f"aa:{name}", round(accuracy * n), n, max(aa.seconds.get(name, 0.0), 1e-9),
+                         {**settings, "cumulative": True})
+            for name, accuracy in aa.robust_accuracy_history]
+    rows.append(AttackResult("autoattack", round(aa.robust_accuracy * n), n,
+                             max(sum(aa.seconds.values()), 1e-9),
+                             {**settings, "attacks": [name for name, _ in aa.robust_accuracy_history],
+                              "resumed": aa.resumed}))
     return rows
 
 

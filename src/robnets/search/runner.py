@@ -29,10 +29,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..attacks import PGD
 from ..config import Config, save_config
@@ -49,7 +48,7 @@ from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
 from ..io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from ..models.genotype import Genotype
-from ..runtime import eval_mode, resolve_device
+from ..runtime import eval_mode, progress_bar, resolve_device
 from ..training.distributed import DistContext
 from ..training.loader import GpuBatchLoader, derive_seed
 from ..training.methods import MethodSettings, make_inputs, training_loss
@@ -137,7 +136,7 @@ class Search:
         prefix = f"[rank {self.ctx.rank}] " if self.ctx.enabled else ""
         line = f"[{time.strftime('%H:%M:%S')}] {prefix}{message}"
         if self.log_to_stderr:
-            print(line, file=sys.stderr, flush=True)
+            logging.getLogger("robnets.search").info(line)
         with open(self.folder / "search.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
@@ -233,7 +232,7 @@ class Search:
                     torch.save({"model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
                                 "step": torch.tensor(step)}, tmp)
 
-        bar = tqdm(total=total, initial=step, desc="supernet", disable=not self.progress, dynamic_ncols=True)
+        bar = progress_bar(total=total, initial=step, desc="supernet", enabled=self.progress, dynamic_ncols=True)
         loss_sum, count, started = 0.0, 0, time.perf_counter()
         while step < total:
             epoch, within = divmod(step, per_epoch)
@@ -446,7 +445,7 @@ class Search:
             if s.fsp_filter:
                 done = {r["index"] for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
                 todo = [i for i in mine if i not in done]
-                for i in tqdm(todo, desc="FSP screen", disable=not self.progress, dynamic_ncols=True):
+                for i in progress_bar(todo, desc="FSP screen", enabled=self.progress, dynamic_ncols=True):
                     if not budget_left():
                         break
                     append_jsonl(self.folder / f"fsp.rank{ctx.rank}.jsonl",
@@ -462,7 +461,7 @@ class Search:
             todo = [i for i in mine if i in kept and i not in done]
             if done:
                 self.log(f"resuming: {len(done)} candidates already scored", all_ranks=True)
-            bar = tqdm(todo, desc="candidates", disable=not self.progress, dynamic_ncols=True)
+            bar = progress_bar(todo, desc="candidates", enabled=self.progress, dynamic_ncols=True)
             started = time.perf_counter()
             for n, i in enumerate(bar, 1):
                 if not budget_left():
@@ -530,7 +529,7 @@ class Search:
                  f"({len(picks) - len(todo)} already done)")
         self.stop_signal: int | None = None
         with _StopFlag() as stop:
-            for i in tqdm(todo, desc="re-score", disable=not self.progress, dynamic_ncols=True):
+            for i in progress_bar(todo, desc="re-score", enabled=self.progress, dynamic_ncols=True):
                 if stop.raised:
                     break
                 append_jsonl(path, other.score(i, candidates[i], supernet, loader, val))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..attacks import PGD
 from ..config import Config, save_config
@@ -32,7 +31,7 @@ from ..errors import RobnetsError
 from ..io import atomic_path, write_text_atomic
 from ..models import RobNet, create_model
 from ..models.checkpoint import save_weights
-from ..runtime import autocast_context, eval_mode, resolve_device
+from ..runtime import autocast_context, eval_mode, progress_bar, resolve_device
 from .distributed import DistContext
 from .ema import ModelEMA
 from .loader import GpuBatchLoader
@@ -142,7 +141,7 @@ class Trainer:
             return
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
         if self.log_to_stderr:
-            print(line, file=sys.stderr, flush=True)
+            logging.getLogger("robnets.training").info(line)
         with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
@@ -313,8 +312,8 @@ class Trainer:
             while epoch < self.total_epochs:
                 loader.set_epoch(epoch)
                 start_time, first_step = time.perf_counter(), step
-                bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
-                           disable=not self.progress, leave=False, dynamic_ncols=True)
+                bar = progress_bar(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
+                                   enabled=self.progress, leave=False, dynamic_ncols=True)
                 for x, y in loader.iter_from(step):
                     lr = self._lr(epoch, step, steps_per_epoch)
                     set_learning_rate(optimizer, lr)

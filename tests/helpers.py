@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import PGD
+from robnets.attacks import PGD
 
 
 def tiny_cnn(x: torch.Tensor, y: torch.Tensor, *, width: int = 16, epochs: int = 30, lr: float = 2e-3,
