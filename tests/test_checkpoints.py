@@ -236,3 +236,33 @@ def test_committed_robnet_free_weights_are_self_describing_and_trained():
     with torch.no_grad():
         accuracy = (model(images).argmax(1) == labels).float().mean().item()
     assert accuracy >= 0.45  # 55 % on the first 200 embedded test images (chance: 10 %)
+
+
+@pytest.mark.parametrize("name", ["robnet_free_C8", "robnet_large_v1_C8_L8_ddp_trainstate",
+                                  "robnet_large_v1_imagenet_C8_L5"])
+def test_original_checkpoints_load_without_naming_the_model(reference_dir, name):
+    """Width, depth, classes, stem and which RobNet are read from the keys and shapes; the logits are the
+    original implementation's."""
+    from robnets.models.checkpoint import infer_robnet
+
+    path = reference_dir / "original_checkpoints" / f"{name}.pth.tar"
+    expected = torch.load(reference_dir / "original_checkpoints" / f"{name}.expected.pt", weights_only=True)
+    model_name, kwargs = infer_robnet(read_checkpoint(path).state_dict)
+    param = expected["model_param"]
+    assert model_name == ("robnet_free" if name.startswith("robnet_free") else "robnet_large_v1")
+    assert (kwargs["C"], kwargs["layers"], kwargs["num_classes"]) == (param["C"], param["layers"],
+                                                                      param["num_classes"])
+    assert kwargs["imagenet_stem"] is bool(param.get("ImgNetBB", False))
+    model = robnets.load_model(path)
+    with torch.no_grad():
+        assert (model(expected["inputs"]) - expected["logits"]).abs().max() <= 1e-4
+
+
+def test_an_unrecognizable_state_dict_asks_for_the_model(tmp_path):
+    from robnets.models.checkpoint import infer_robnet
+
+    model = robnets.create_model("resnet18")
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    assert infer_robnet(model.state_dict()) is None
+    with pytest.raises(CheckpointError, match="name the model"):
+        robnets.load_model(tmp_path / "plain.pt")

@@ -48,6 +48,19 @@ def test_eval_on_the_embedded_sample_writes_results_and_config(tmp_path, capsys)
     assert saved.model.C == 8 and saved.eval.attacks == ["clean", "fgsm", "pgd2"] and saved.eval.n == 12
 
 
+def test_quick_start_original_checkpoint_without_naming_the_model(tmp_path, capsys, reference_dir):
+    """README quick start: an original checkpoint, no --model or --config; the architecture (robnet_free,
+    C=8, 20 cells) is read from its keys and shapes."""
+    checkpoint = reference_dir / "original_checkpoints" / "robnet_free_C8.pth.tar"
+    out = tmp_path / "run"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--sample", "--attacks", "clean", "--output-dir",
+                 str(out), *FAST_EVAL]) == 0
+    err = capsys.readouterr().err
+    assert "Architecture read from the checkpoint" in err and "C=8" in err
+    result = json.loads((out / "results.json").read_text())
+    assert result["model"] == "robnet_free" and result["model_args"]["C"] == 8
+
+
 def test_eval_with_an_original_checkpoint_on_real_cifar10(tmp_path, capsys, reference_dir, cifar10_dir):
     """The C=8 robnet_free fixture: accuracy must equal a direct computation with the loaded model."""
     checkpoint = reference_dir / "original_checkpoints" / "robnet_free_C8.pth.tar"

@@ -244,11 +244,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint = str(verified_path(entry))
         print(f"==> Published weights {entry.name} ({entry.model}, {entry.dataset}, {entry.threat_model} "
               f"{entry.eps * 255:.0f}/255; sha256 verified)", file=sys.stderr)
-    if args.config is None and not args.model and args.checkpoint:
-        # this project's weights name their architecture: build it instead of the default model
+    if args.config is None and args.checkpoint:
+        # the checkpoint names its architecture (this project's metadata) or shows it (original keys and shapes)
         from .evaluation.pipeline import model_overrides_from_checkpoint
 
-        overrides = model_overrides_from_checkpoint(args.checkpoint) + overrides
+        found = model_overrides_from_checkpoint(args.checkpoint)
+        if args.model:  # the user's model name wins; width, depth and classes still come from the file
+            found = [o for o in found if not o.startswith(("model.name=", "model.genotype="))]
+        if found and not args.model and not str(args.checkpoint).endswith(".safetensors"):
+            print(f"==> Architecture read from the checkpoint's keys and shapes: "
+                  f"{', '.join(o.removeprefix('model.') for o in found)}", file=sys.stderr)
+        overrides = found + overrides
     config = load_config(args.config, overrides)
     if args.config is None and not args.model:
         config.name = "cli"

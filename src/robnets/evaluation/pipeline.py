@@ -43,15 +43,24 @@ def build_model(config: Config) -> nn.Module:
 
 
 def model_overrides_from_checkpoint(path: str | Path) -> list[str]:
-    """``model.*`` overrides rebuilding the architecture a project safetensors file names in its metadata
-    (model name and constructor arguments); empty for files without that metadata (original checkpoints)."""
+    """``model.*`` overrides rebuilding the architecture a checkpoint holds: from a project safetensors file's
+    metadata (model name and constructor arguments), else read from an original checkpoint's keys and shapes
+    (width, depth, classes, stem, and which RobNet) where they fit one preset; empty when they do not."""
     import json
+
+    from ..models.checkpoint import infer_robnet
 
     if not Path(path).is_file():
         return []
-    meta = read_checkpoint(path).metadata
+    loaded = read_checkpoint(path)
+    meta = loaded.metadata
     if not meta.get("model"):
-        return []
+        fit = infer_robnet(loaded.state_dict)
+        if fit is None:
+            return []
+        name, kwargs = fit
+        return [f"model.name={name}"] + [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                         for k, v in kwargs.items()]
     out = [f"model.name={meta['model']}"]
     if meta["model"] == "robnet" and meta.get("architecture"):
         out.append(f"model.genotype={meta['architecture']}")

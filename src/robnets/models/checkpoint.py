@@ -293,6 +293,52 @@ def _model_from_metadata(metadata: dict[str, str], source: str) -> nn.Module:
     return create_model("robnet", genotype=arch, **args)
 
 
+_PRESETS = ("robnet_free", "robnet_large_v1", "robnet_large_v2", "robnet_compact")
+
+
+def _signature(state_dict: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
+def infer_robnet(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """The registered RobNet and constructor arguments a weights-only checkpoint fits, read from its keys and
+    shapes: width from the stem, depth from the cell count, classes from the classifier, and the architecture
+    from which edges hold weights. None when no preset fits exactly or two different architectures would."""
+    from .registry import create_model, model_info
+
+    imagenet = "stem0.0.weight" in state_dict
+    stem = state_dict.get("stem0.0.weight" if imagenet else "stem.0.weight")
+    head = state_dict.get("classifier.weight")
+    cells = {int(m.group(1)) for k in state_dict for m in [re.match(r"cells\.(\d+)\.", k)] if m}
+    if stem is None or head is None or not cells:
+        return None
+    C = int(stem.shape[0]) * 2 if imagenet else int(stem.shape[0]) // 3  # stem0 has C/2 maps, stem 3C
+    wanted = _signature(state_dict)
+    fits: list[tuple[str, dict[str, Any]]] = []
+    for name in _PRESETS:
+        kwargs = {"C": C, "layers": max(cells) + 1, "num_classes": int(head.shape[0]), "imagenet_stem": imagenet}
+        try:
+            with torch.device("meta"):
+                model = create_model(name, **kwargs)
+        except Exception:  # noqa: BLE001  (arguments this preset cannot take)
+            continue
+        if _signature(model.state_dict()) == wanted:
+            fits.append((name, kwargs))
+    if not fits:
+        return None
+    genotypes = {str(model_info(name).genotype) for name, _ in fits}
+    if len(genotypes) > 1:
+        return None
+    # one architecture: prefer the preset whose own defaults are these arguments (robnet_large_v2 at C=64, 33 cells)
+    # (robnet_compact only at its own size: other sizes of that cell are the paper's robnet_large)
+    def own(fit: tuple[str, dict[str, Any]]) -> int:
+        defaults = model_info(fit[0]).default_args
+        if fit[0] == "robnet_compact" and (defaults["C"], defaults["layers"]) != (fit[1]["C"], fit[1]["layers"]):
+            return -1
+        return sum(defaults.get(k) == v for k, v in fit[1].items())
+    return max(fits, key=own)
+
+
 def load_model(
     checkpoint: str | os.PathLike,
     model: str | nn.Module | None = None,
@@ -313,13 +359,19 @@ def load_model(
     elif isinstance(model, str):
         net, name = create_model(model, **model_kwargs), model
     elif model is None:
-        if loaded.source_format != "safetensors":
-            raise CheckpointError(
-                f"{source} is a {loaded.source_format} checkpoint without architecture metadata; name the "
-                f"model, e.g. load_model(path, 'robnet_free', **model_param)"
-            )
-        net = _model_from_metadata(loaded.metadata, source)
-        name = loaded.metadata.get("model", "robnet")
+        if loaded.source_format == "safetensors" and (loaded.metadata.get("model") or
+                                                      loaded.metadata.get("architecture")):
+            net = _model_from_metadata(loaded.metadata, source)
+            name = loaded.metadata.get("model", "robnet")
+        else:
+            fit = infer_robnet(loaded.state_dict)
+            if fit is None:
+                raise CheckpointError(
+                    f"{source} ({loaded.source_format} format) has keys and shapes that fit no RobNet preset "
+                    f"unambiguously; name the model, e.g. load_model(path, 'robnet_free', **model_param)"
+                )
+            name, kwargs = fit
+            net = create_model(name, **{**kwargs, **model_kwargs})
     else:
         raise RobnetsError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
     arch = loaded.metadata.get("architecture")
