@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a fresh clone: install into .venv, then evaluate robnet_free on the CIFAR-10 test
-# sample embedded in the package (clean and PGD-20), with progress bars and a result table.
+# The main job on a fresh clone: install into .venv, then evaluate the published robnet_compact weights on
+# the CIFAR-10 test sample embedded in the package (clean and PGD-20), with a result table.
 # Extra arguments go to `robnets demo` (e.g. --n-attack 100, --device cuda).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
