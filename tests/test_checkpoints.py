@@ -266,3 +266,40 @@ def test_an_unrecognizable_state_dict_asks_for_the_model(tmp_path):
     assert infer_robnet(model.state_dict()) is None
     with pytest.raises(CheckpointError, match="name the model"):
         robnets.load_model(tmp_path / "plain.pt")
+
+
+def test_flipped_bytes_inside_a_tensor_are_refused(tmp_path):
+    """Project files record a checksum of their tensors; a changed byte is refused at load, in one line."""
+    from robnets.models.checkpoint import save_weights
+
+    model = robnets.create_model("robnet_large_v1", C=4, layers=3)
+    path = save_weights(model, tmp_path / "w.safetensors", dataset="cifar10")
+    assert "tensors_sha256" in read_checkpoint(path).metadata
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum") as info:
+        robnets.load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_metadata_cannot_make_the_loader_allocate(tmp_path):
+    """A file whose metadata claims C=20000 is refused from its tensors' shapes before anything is built."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from robnets.models.checkpoint import save_weights
+
+    path = save_weights(robnets.create_model("robnet_large_v1", C=4, layers=3), tmp_path / "w.safetensors")
+    loaded = read_checkpoint(path)
+    meta = dict(loaded.metadata)
+    meta["model_args"] = json.dumps({**json.loads(meta["model_args"]), "C": 20000})
+    del meta["tensors_sha256"]
+    save_file(loaded.state_dict, str(tmp_path / "evil.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="against its own metadata"):
+        robnets.load_model(tmp_path / "evil.safetensors")
+    meta["model_args"] = "[1, 2]"
+    save_file(loaded.state_dict, str(tmp_path / "evil2.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="JSON object"):
+        robnets.load_model(tmp_path / "evil2.safetensors")

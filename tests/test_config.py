@@ -175,6 +175,18 @@ def test_dangerous_or_broken_expressions_raise_config_error(expression, why):
         evaluate_expression(expression)
 
 
+def test_the_original_config_reader_bounds_what_it_builds(tmp_path):
+    """Input built to exhaust memory: huge literals, many values, a huge file."""
+    with pytest.raises(ConfigError, match="longer than"):
+        parse_original_config(f"x = '{'a' * 5000}'\n", "cfg.py")
+    many = "x = [" + ", ".join(["[1, 2, 3, 4, 5, 6, 7, 8, 9]"] * 20_000) + "]\n"
+    with pytest.raises(ConfigError, match="more than 100,000 values"):
+        parse_original_config(many, "cfg.py")
+    big = _write(tmp_path / "config.py", "seed = 1\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="is not an original config file"):
+        load_config(big)
+
+
 def test_syntax_error_names_the_line(tmp_path):
     path = _write(tmp_path / "config.py", "seed = 1\nmodel = dict(C=36\n")
     with pytest.raises(ConfigError, match=r"config\.py:2: syntax error"):

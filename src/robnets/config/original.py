@@ -20,12 +20,18 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 
 
+MAX_FILE_BYTES = 1 << 20  # original config files are a few hundred bytes
+MAX_STEPS = 100_000  # evaluated expression nodes per file
+MAX_STRING = 4096
+
+
 class SafeEvaluator:
     """Evaluate literal expressions; ``names`` holds values assigned earlier."""
 
     def __init__(self, source: str, names: dict[str, Any] | None = None) -> None:
         self.source = source
         self.names = names if names is not None else {}
+        self.steps = 0
 
     def fail(self, node: ast.AST, why: str) -> ConfigError:
         line = getattr(node, "lineno", "?")
@@ -34,7 +40,12 @@ class SafeEvaluator:
                            f"dict(...), lists, arithmetic and names assigned earlier")
 
     def eval(self, node: ast.AST) -> Any:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise self.fail(node, f"more than {MAX_STEPS:,} values")
         if isinstance(node, ast.Constant):
+            if isinstance(node.value, (str, bytes)) and len(node.value) > MAX_STRING:
+                raise self.fail(node, f"a string longer than {MAX_STRING:,} characters")
             return node.value
         if isinstance(node, ast.Name):
             if node.id in self.names:
@@ -182,4 +193,7 @@ def original_to_nested(values: dict[str, Any], source: str = "<config>") -> dict
 
 def load_original_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is not an original config file (those are a few "
+                          f"hundred bytes; the limit is {MAX_FILE_BYTES:,})")
     return original_to_nested(parse_original_config(path.read_text(encoding="utf-8"), str(path)), str(path))

@@ -18,7 +18,7 @@ from ..errors import RobnetsError
 from ..io import sha256_file, write_json_atomic
 from ..acceleration import accelerate, cuda_graphs_enabled
 from ..models import RobNet, create_model
-from ..models.checkpoint import load_weights, read_checkpoint
+from ..models.checkpoint import check_state_dict_matches, load_weights, read_checkpoint
 from ..models.registry import model_info
 from .report import model_card, results_table, write_results
 from ..runtime import resolve_device
@@ -61,6 +61,12 @@ def model_overrides_from_checkpoint(path: str | Path) -> list[str]:
         name, kwargs = fit
         return [f"model.name={name}"] + [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}"
                                          for k, v in kwargs.items()]
+    from ..models.checkpoint import model_from_metadata
+
+    with torch.device("meta"):  # the file's tensors must fit what its metadata describes, before any allocation
+        described = model_from_metadata(meta, f"checkpoint {path}")
+    check_state_dict_matches(described, loaded.state_dict, f"checkpoint {path} (its tensors against its own "
+                             f"metadata)", meta.get("model", ""))
     out = [f"model.name={meta['model']}"]
     if meta["model"] == "robnet" and meta.get("architecture"):
         out.append(f"model.genotype={meta['architecture']}")

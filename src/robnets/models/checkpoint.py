@@ -112,6 +112,18 @@ class LoadedCheckpoint:
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. epoch, best_acc of original checkpoints
 
 
+def tensors_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the tensors (written into metadata, checked at load)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True
@@ -141,6 +153,10 @@ def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
                 state_dict = {k: handle.get_tensor(k) for k in handle.keys()}
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"cannot read safetensors file {path}: {exc}; is it truncated?") from None
+        recorded = metadata.get("tensors_sha256")
+        if recorded is not None and tensors_digest(state_dict) != recorded:
+            raise CheckpointError(f"{path}: its tensors do not have the checksum its metadata records "
+                                  f"(tensors_sha256); the file was changed or damaged after it was written")
         return LoadedCheckpoint(state_dict, metadata, "safetensors")
 
     obj = _torch_load_weights_only(path)
@@ -257,7 +273,8 @@ def save_weights(
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[key] = tensor.contiguous().clone()
-    metadata = {"format": SAFETENSORS_FORMAT, "robnets_version": __version__, **model_spec(model)}
+    metadata = {"format": SAFETENSORS_FORMAT, "robnets_version": __version__, **model_spec(model),
+                "tensors_sha256": tensors_digest(state)}
     if model_name:
         metadata["model"] = model_name
     for key, value in (("dataset", dataset), ("threat_model", threat_model), ("eps", eps)):
@@ -270,7 +287,15 @@ def save_weights(
     return path
 
 
-def _model_from_metadata(metadata: dict[str, str], source: str) -> nn.Module:
+def model_from_metadata(metadata: dict[str, str], source: str,
+                         state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Build the model the metadata describes; with ``state_dict``, first on the meta device (no memory) to
+    check that the file's tensors fit it, so that metadata cannot make the loader allocate what it says."""
+    if state_dict is not None:
+        with torch.device("meta"):
+            described = model_from_metadata(metadata, source)
+        check_state_dict_matches(described, state_dict, f"{source} (its tensors against its own metadata)",
+                                 metadata.get("model", ""))
     from .registry import create_model, model_info
 
     arch = metadata.get("architecture")
@@ -279,6 +304,9 @@ def _model_from_metadata(metadata: dict[str, str], source: str) -> nn.Module:
         args = json.loads(metadata.get("model_args", "{}"))
     except json.JSONDecodeError:
         raise CheckpointError(f"{source}: metadata 'model_args' is not valid JSON") from None
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{source}: metadata 'model_args' must be a JSON object of constructor arguments, "
+                              f"got {type(args).__name__}")
     if name is None and arch is None:
         raise CheckpointError(
             f"{source} carries no architecture metadata; pass the model, e.g. "
@@ -361,7 +389,7 @@ def load_model(
     elif model is None:
         if loaded.source_format == "safetensors" and (loaded.metadata.get("model") or
                                                       loaded.metadata.get("architecture")):
-            net = _model_from_metadata(loaded.metadata, source)
+            net = model_from_metadata(loaded.metadata, source, loaded.state_dict)
             name = loaded.metadata.get("model", "robnet")
         else:
             fit = infer_robnet(loaded.state_dict)
