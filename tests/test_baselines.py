@@ -128,11 +128,11 @@ def test_safetensors_round_trip(tmp_path, name, kwargs):
 
 
 def test_wide_resnet_dropout_is_rebuilt_from_metadata():
-    from robnets.models.checkpoint import _model_from_metadata, model_spec
+    from robnets.models.checkpoint import model_from_metadata, model_spec
 
     with torch.device("meta"):
         model = robnets.create_model("wide_resnet28_10", dropout=0.3, num_classes=100)
-        rebuilt = _model_from_metadata(model_spec(model), "test")
+        rebuilt = model_from_metadata(model_spec(model), "test")
     assert model.config["dropout"] == 0.3
     assert rebuilt.config == model.config and rebuilt.num_classes == 100
     assert all(block.dropout == 0.3 for block in rebuilt.layers)

@@ -82,3 +82,31 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder (a lock on the folder itself: nothing is written into it) so
+    that two processes cannot resume or write the same run at once; a second one gets one clear error.
+    No-op when the folder does not exist yet (a fresh run creates it) or where file locks are unavailable."""
+    from .errors import RobnetsError
+
+    folder = Path(folder)
+    if not enabled or not folder.is_dir():
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RobnetsError(f"{folder} is in use by another process; wait for it to finish, or stop it, "
+                               f"before resuming this run") from None
+        yield
+    finally:
+        os.close(fd)

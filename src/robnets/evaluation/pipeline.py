@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,19 @@ def _card_identity(config: Config, model: nn.Module, checkpoint: str | Path | No
     return {"name": f"{config.model.name} (untrained)", "architecture": architecture}
 
 
+def check_output_folder(folder: Path) -> None:
+    """Refuse, before any computation, a run folder that cannot be written (a file in the way, no write
+    permission): results computed for an hour must not be lost at the end."""
+    if folder.exists() and not folder.is_dir():
+        raise RobnetsError(f"--output-dir {folder} is a file, not a folder; choose a folder for the results")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RobnetsError(f"cannot write results under {existing} (no write permission); choose another "
+                           f"--output-dir")
+
+
 def default_run_folder(config: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(config.output_dir) / f"eval-{config.name}-{config.model.name}-{stamp}"
@@ -143,6 +157,8 @@ def run_evaluation(
 ) -> EvaluationRun:
     """Evaluate the configured model; write results.json, results.md and config.yaml into a run folder."""
     device = resolve_device(config.eval.device)
+    folder = Path(output_dir) if output_dir else default_run_folder(config)
+    check_output_folder(folder)
     model = build_model(config)
     checkpoint = checkpoint or config.checkpoint.path
     if checkpoint is not None:
@@ -187,7 +203,6 @@ def run_evaluation(
     attacks = attack_set(config, engine, cuda_graphs=config.eval.execution == "fast" and cuda_graphs_enabled(device))
     log(note)
     batch_size = config.eval.batch_size or config.data.batch_size
-    folder = Path(output_dir) if output_dir else default_run_folder(config)
     log(f"==> Evaluating {config.model.name} on {dataset_name} ({len(dataset)} images; n={config.eval.n or 'all'}) "
         f"on {device}, {config.eval.precision}, batch {batch_size}")
     log(f"==> Execution: {execution}")
@@ -203,21 +218,29 @@ def run_evaluation(
                    for k, a in source_attacks.items()}
         attacks = {k.replace("transfer:clean", "clean"): v for k, v in attacks.items()}
         log(f"==> Transfer attacks crafted on {config.eval.transfer_checkpoint}")
+    partial_meta = {"model": config.model.name, "dataset": dataset_name, "weights": weights, "partial": True}
+
+    def keep_partial(so_far: list[AttackResult]) -> None:  # a crash later keeps what is done
+        _write_or_explain(lambda: write_results(so_far, folder, partial_meta), folder, so_far, log)
+
     results = evaluate(engine, dataset, attacks, device=device, batch_size=batch_size, n=config.eval.n,
                        n_attack=n_attack, precision=config.eval.precision,
                        num_workers=config.data.num_workers if dataset_name == "imagenet" else 0,
-                       progress=progress) if attacks else []
+                       progress=progress, on_result=keep_partial) if attacks else []
     if "autoattack" in [a.strip().lower() for a in config.eval.attacks]:
         from .suites import collect, run_autoattack
 
         count = min(len(dataset), config.eval.n or len(dataset), n_attack or len(dataset))
         x_all, y_all = collect(dataset, count, batch_size)
         folder.mkdir(parents=True, exist_ok=True)
+        state = folder / "autoattack_state.safetensors"
+        log(f"==> AutoAttack {'resumes from' if state.is_file() else 'keeps its state in'} {state}"
+            + ("" if output_dir else f"; if it stops, continue it with --output-dir {folder}"))
         results += run_autoattack(engine, x_all, y_all, norm=config.attack.norm, eps=config.attack.eps
                                   if config.attack.norm == "Linf" else config.attack.l2_eps,
                                   version=config.eval.autoattack_version, seed=config.eval.attack_seed,
                                   precision=config.eval.precision, batch_size=batch_size,
-                                  state_path=folder / "autoattack_state.safetensors", log=log)
+                                  state_path=state, log=log)
     sweep = None
     if config.eval.eps_sweep_255:
         from .suites import eps_sweep
@@ -259,9 +282,24 @@ def run_evaluation(
     if sweep is not None:
         meta["eps_sweep"] = {"json": str(folder / "eps_sweep.json"), "png": str(folder / "eps_sweep.png")}
     card = model_card(results, meta, **_card_identity(config, model, checkpoint))
-    if card is not None:
-        write_json_atomic(folder / "model_info.json", card)
-        meta["model_card"] = str(folder / "model_info.json")
-    files = write_results(results, folder, meta)
-    files["config"] = save_config(config, folder / "config.yaml")
+
+    def write_all() -> dict[str, Path]:
+        if card is not None:
+            write_json_atomic(folder / "model_info.json", card)
+            meta["model_card"] = str(folder / "model_info.json")
+        written = write_results(results, folder, meta)
+        written["config"] = save_config(config, folder / "config.yaml")
+        return written
+
+    files = _write_or_explain(write_all, folder, results, log)
     return EvaluationRun(results, folder, files, meta)
+
+
+def _write_or_explain(write, folder: Path, results: list[AttackResult], log):  # noqa: ANN001, ANN202
+    """Write; when the disk refuses (full, read-only), show the table and fail in one line."""
+    try:
+        return write()
+    except OSError as exc:
+        log("==> the results could not be written; here they are:\n" + results_table(results))
+        raise RobnetsError(f"cannot write results into {folder}: {exc.strerror or exc}; the table above holds "
+                           f"them (free space or choose another --output-dir)") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,11 +66,13 @@ def evaluate(
     precision: str = "fp32",
     num_workers: int = 0,
     progress: bool = True,
+    on_result: Callable[[list[AttackResult]], None] | None = None,
 ) -> list[AttackResult]:
     """Accuracy under each attack (``None`` = clean) on the first ``n`` examples, in order.
 
     ``n_attack`` limits the attacked examples (attacks cost many forward/backward passes); every
     result records its own ``n``. The model runs in eval mode and its mode is restored afterwards.
+    ``on_result`` gets the results so far after each attack (to keep partial results as they come).
     """
     device = torch.device(device)
     check_precision(precision)
@@ -106,4 +108,6 @@ def evaluate(
                 torch.cuda.synchronize(device)
             settings = attack.describe() if attack is not None else {"precision": precision}
             results.append(AttackResult(name, correct, count, time.perf_counter() - start, settings))
+            if on_result is not None:
+                on_result(list(results))
     return results

@@ -46,7 +46,7 @@ from ..config import Config, save_config
 from ..data import load_dataset, resolve_data_root
 from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
-from ..io import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from ..io import atomic_path, folder_lock, sha256_file, write_json_atomic, write_text_atomic
 from ..models.genotype import Genotype
 from ..runtime import eval_mode, progress_bar, resolve_device
 from ..training.distributed import DistContext
@@ -410,6 +410,11 @@ class Search:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> SearchResult:
+        """Train the supernet and score the candidates (or resume); the search folder is locked meanwhile."""
+        with folder_lock(self.folder, enabled=self.ctx.is_main):
+            return self._run()
+
+    def _run(self) -> SearchResult:
         from ..training.trainer import _StopFlag
 
         c, s, ctx = self.config, self.s, self.ctx
@@ -484,6 +489,10 @@ class Search:
         return self.report(candidates, kept)
 
     def rescore(self, count: int, finetune_seed: int) -> dict | None:
+        with folder_lock(self.folder, enabled=self.ctx.is_main):
+            return self._rescore(count, finetune_seed)
+
+    def _rescore(self, count: int, finetune_seed: int) -> dict | None:
         """The noise floor of a finished search: score ``count`` of its candidates again with another
         fine-tuning seed and compare the two scorings (rank correlation with bootstrap intervals).
 

@@ -28,7 +28,7 @@ from ..config import Config, save_config
 from ..data import load_dataset, resolve_data_root
 from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
-from ..io import atomic_path, write_text_atomic
+from ..io import atomic_path, folder_lock, write_text_atomic
 from ..models import RobNet, create_model
 from ..models.checkpoint import save_weights
 from ..runtime import autocast_context, eval_mode, progress_bar, resolve_device
@@ -229,6 +229,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
+        """Train (or resume) to the end or to a stop signal; the run folder is locked meanwhile."""
+        with folder_lock(self.folder, enabled=self.ctx.is_main):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         c, t, ctx = self.config, self.config.train, self.ctx
         train, val = self._data()
         loader = GpuBatchLoader(train, self.batch_size * self.accumulate, device=self.device, shuffle=True, drop_last=True,
