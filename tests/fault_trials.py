@@ -1,0 +1,189 @@
+"""Fault trials: kill -9 a tiny training run, a tiny search and a tiny AutoAttack run at seeded random moments,
+resume each to the end, and compare the result with an uninterrupted run (bitwise).
+
+    python -m tests.fault_trials --trials 20 [--kinds train,search,autoattack] [--json OUT]
+
+Each trial draws its kill moments from its own seed (uniform over the uninterrupted run's wall time, so some
+land in start-up, some in the middle of a write); the run is started, killed, resumed and killed again until
+a resume finishes. The test suite runs one trial per kind (tests/test_fault_trials.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+TRAIN = ["model.name=robnet_large_v1", "model.C=4", "model.layers=3", "train.batch_size=16", "train.val_size=32",
+         "train.train_size=96", "train.method=fgsm_rs", "train.epochs=2", "train.warmup_epochs=0",
+         "train.checkpoint_every_steps=1", "train.co_probe_size=16", "train.val_attack_steps=2", "train.device=cpu"]
+SEARCH = ["search.C=4", "search.layers=3", "search.supernet_epochs=1", "search.supernet_max_steps=6",
+          "search.batch_size=16", "search.num_samples=3", "search.finetune_steps=2", "search.eval_size=16",
+          "search.eval_attack_steps=2", "search.fsp_size=8", "search.val_size=32", "search.bn_recalibration_batches=1",
+          "search.checkpoint_every_steps=1", "search.device=cpu", "search.method=fgsm_rs"]
+
+
+def make_data(root: Path) -> Path:
+    """A CIFAR-10 folder (npz layout) of the embedded real sample: 320 train, 180 test images."""
+    from robnets.data import load_sample
+
+    sample = load_sample()
+    images, labels = sample.images.numpy(), sample.labels.numpy()
+    folder = root / "data" / "cifar10"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "train.npz", images=images[:320], labels=labels[:320])
+    np.savez(folder / "test.npz", images=images[320:], labels=labels[320:])
+    return root / "data"
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def commands(kind: str, folder: Path, data: Path) -> tuple[list[str], list[str]]:
+    """(start, resume) command lines of one run of ``kind`` in ``folder``."""
+    py = [sys.executable, "-m"]
+    if kind == "train":
+        return ([*py, "robnets", "train", "--data-dir", str(data), "--output-dir", str(folder), "--no-progress",
+                 *_sets(TRAIN)],
+                [*py, "robnets", "train", "--resume", str(folder), "--data-dir", str(data), "--no-progress"])
+    if kind == "search":
+        config = str(REPO / "experiments" / "search_cifar10" / "config.yaml")
+        return ([*py, "robnets", "search", "--config", config, "--data-dir", str(data), "--output-dir", str(folder),
+                 "--no-progress", *_sets(SEARCH)],
+                [*py, "robnets", "search", "--resume", str(folder), "--data-dir", str(data), "--no-progress"])
+    if kind == "autoattack":
+        worker = [*py, "tests.fault_trials", "--autoattack-worker", str(folder)]
+        return worker, worker
+    raise ValueError(kind)
+
+
+def autoattack_worker(folder: Path) -> None:
+    """A tiny CNN (seeded) under the reference AutoAttack with a resumable state; writes x_adv.pt at the end."""
+    from robnets.attacks import AutoAttack
+    from robnets.data import load_sample
+    from tests.helpers import tiny_cnn
+
+    torch.set_num_threads(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = load_sample().batch(0, 400)
+    model = tiny_cnn(x, y, width=8, epochs=20, lr=3e-3, adversarial=False)
+    aa = AutoAttack(model, eps=2 / 255, version="custom", attacks=["apgd-ce", "apgd-t", "square"], log=None)
+    x_adv = aa.run_standard_evaluation(x[:64], y[:64], bs=16, state_path=folder / "aa_state.safetensors")
+    torch.save({"x_adv": x_adv, "history": aa.robust_accuracy_history}, folder / "x_adv.pt")
+
+
+def outcome(kind: str, folder: Path) -> dict:
+    """What must be equal between an interrupted and an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    if kind == "train":
+        return {k: v for k, v in load_file(folder / "final.safetensors").items()}
+    if kind == "search":
+        rows = json.loads((folder / "architectures.json").read_text())
+        return {"rows": [{k: r.get(k) for k in ("genotype", "clean", "adv", "fsp", "status")} for r in rows],
+                "supernet": load_file(folder / "supernet.safetensors")}
+    saved = torch.load(folder / "x_adv.pt", weights_only=True)
+    return {"x_adv": saved["x_adv"], "history": saved["history"]}
+
+
+def equal(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(equal(x, z) for x, z in zip(a, b))
+    return a == b
+
+
+def run_once(cmd: list[str], kill_after: float | None) -> int | None:
+    """Run ``cmd``; kill -9 it after ``kill_after`` seconds (None: let it finish). Returns its exit status,
+    or None when it was killed."""
+    process = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        process.wait(timeout=kill_after if kill_after is not None else 900)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return None
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:5])} failed ({process.returncode}): "
+                           f"{process.stderr.read().decode()[-1500:]}")
+    return process.returncode
+
+
+def reference(kind: str, root: Path, data: Path) -> tuple[dict, float]:
+    folder = root / f"{kind}-reference"
+    start, _ = commands(kind, folder, data)
+    began = time.perf_counter()
+    run_once(start, None)
+    return outcome(kind, folder), time.perf_counter() - began
+
+
+def trial(kind: str, seed: int, root: Path, data: Path, expected: dict, duration: float,
+          max_kills: int = 3) -> dict:
+    """One seeded trial: up to ``max_kills`` kills at random moments, then resumes until the run finishes."""
+    rng = random.Random(f"{kind}-{seed}")
+    folder = root / f"{kind}-trial{seed}"
+    start, resume = commands(kind, folder, data)
+    kills, cmd = [], start
+    while True:
+        kill_after = rng.uniform(0.2, duration) if len(kills) < max_kills else None
+        status = run_once(cmd, kill_after)
+        if status is None:
+            kills.append(round(kill_after, 2))
+            # a run killed before it wrote its config starts afresh; after that, it resumes
+            cmd = resume if (folder / "config.yaml").is_file() or kind == "autoattack" else start
+            continue
+        break
+    same = equal(outcome(kind, folder), expected)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"kind": kind, "seed": seed, "kills_at_s": kills, "equal": same}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--kinds", default="train,search,autoattack")
+    parser.add_argument("--json")
+    parser.add_argument("--autoattack-worker", metavar="FOLDER", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.autoattack_worker:
+        autoattack_worker(Path(args.autoattack_worker))
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = make_data(root)
+        for kind in args.kinds.split(","):
+            expected, duration = reference(kind, root, data)
+            for seed in range(args.trials):
+                row = trial(kind, seed, root, data, expected, duration)
+                rows.append(row)
+                print(f"{kind} trial {seed}: killed at {row['kills_at_s']} s, "
+                      f"{'equal' if row['equal'] else 'DIFFERENT'}", flush=True)
+    summary = {k: {"trials": sum(r["kind"] == k for r in rows), "kills": sum(len(r["kills_at_s"]) for r in rows
+                                                                            if r["kind"] == k),
+                   "equal": sum(r["equal"] for r in rows if r["kind"] == k)} for k in args.kinds.split(",")}
+    print(json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "trials": rows}, indent=2) + "\n")
+    return 0 if all(r["equal"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
