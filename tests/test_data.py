@@ -431,6 +431,11 @@ def test_imagenet_folder_layouts_and_bad_folders(imagenet_sample_dir, tmp_path):
     broken = [i for i, (p, _) in enumerate(dataset.samples) if p.name == "broken.JPEG"]
     with pytest.raises(DataError, match="broken.JPEG"):
         dataset[broken[0]]
+    from robnets.evaluation.runner import iterate_batches
+
+    with pytest.raises(DataError, match="broken.JPEG") as info:  # inside a data-loader worker: the cause, one line
+        list(iterate_batches(dataset, 1, num_workers=1))
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
 
 
 def test_imagenet_wnids_match_the_standard_list(imagenet_sample_dir):

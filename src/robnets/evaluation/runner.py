@@ -50,7 +50,15 @@ def iterate_batches(dataset: Dataset, batch_size: int, n: int | None = None,
         return
     subset = torch.utils.data.Subset(dataset, range(total))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for images, labels in loader:
+    batches = iter(loader)
+    while True:
+        try:
+            images, labels = next(batches)
+        except StopIteration:
+            return
+        except RobnetsError as exc:  # from a worker: its message carries the worker's traceback; keep the cause
+            last = str(exc).strip().splitlines()[-1]
+            raise type(exc)(last.split(": ", 1)[1] if last.startswith("robnets.errors.") else last) from None
         yield images, labels.long()
 
 
