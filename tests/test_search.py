@@ -589,8 +589,11 @@ def test_a_search_resume_that_does_not_fit_changes_nothing(finished_search, cifa
     folder = tmp_path / "run"
     shutil.copytree(finished_search, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert (folder / "scoring_key.json").is_file()  # what the scores depend on, recorded with them
     for override, message in (("search.C=6", "C=4 (this search: 6)"),
-                              ("search.num_samples=3", "draws other candidates")):
+                              ("search.num_samples=3", "draws other candidates"),
+                              ("search.finetune_steps=9", "made with other finetune_steps"),
+                              ("attack.eps=0.01", "made with other eps")):
         assert main(["search", "--resume", str(folder), "--data-dir", str(cifar_subset), "--no-progress",
                      "--set", override]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -60,6 +60,7 @@ from .supernet import Supernet, recalibrate_batchnorm
 
 SUPERNET_STATE = "supernet_state.pt"
 SUPERNET_WEIGHTS = "supernet.safetensors"
+SCORING_KEY = "scoring_key.json"
 
 
 @dataclass
@@ -279,6 +280,42 @@ class Search:
         self.log(f"supernet inherited from {source} (sha256 {sha256_file(target)}, trained {trained}, "
                  f"{metadata.get('steps', '?')} steps)")
 
+    def _scoring_key(self, train: ImageArrayDataset, val: ImageArrayDataset) -> dict[str, Any]:
+        """What the scores in this folder depend on: the settings that change a score, and the data (a
+        digest of the held-out images and the training set's size)."""
+        import hashlib
+
+        s, a = self.s, self.config.attack
+        digest = hashlib.sha256()
+        x, y = val.batch(0, len(val))
+        digest.update(x.contiguous().numpy().tobytes())
+        digest.update(y.contiguous().numpy().tobytes())
+        fields = ("C", "layers", "steps", "share", "supernet_epochs", "supernet_max_steps", "supernet_lr", "method",
+                  "batch_size", "momentum", "weight_decay", "precision", "num_samples", "sampling", "density_min",
+                  "density_max", "conv_budget", "bn_recalibration_batches", "finetune_steps", "finetune_lr",
+                  "finetune_seed", "eval_size", "eval_attack_steps", "fsp", "fsp_size", "fsp_filter", "fsp_keep",
+                  "fsp_threshold")
+        return {"search": {f: getattr(s, f) for f in fields}, "eps": a.eps, "step_size": a.step_size,
+                "seed": self.config.seed, "dataset": self.config.data.dataset, "train_images": len(train),
+                "held_out_sha256": digest.hexdigest()}
+
+    def _check_scoring_key(self, key: dict[str, Any]) -> None:
+        path = self.folder / SCORING_KEY
+        if not path.is_file():
+            return
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise RobnetsError(f"{path} is damaged; resume {self.folder} with an intact copy, or use a new "
+                               f"folder") from None
+        if saved != json.loads(json.dumps(key)):
+            flat = {**saved.get("search", {}), **{k: v for k, v in saved.items() if k != "search"}}
+            now = {**key["search"], **{k: v for k, v in key.items() if k != "search"}}
+            what = ", ".join(k for k in now if flat.get(k) != now[k]) or "settings"
+            raise RobnetsError(f"the scores in {self.folder} were made with other {what}; resuming would mix them "
+                               f"with new ones: resume with the saved config.yaml and the same data, or use a "
+                               f"new folder")
+
     def _check_folder_fits(self, supernet: Supernet) -> None:
         """One error line when the run folder holds a supernet or candidates this config would not make."""
         from ..models.checkpoint import check_state_dict_matches
@@ -424,9 +461,13 @@ class Search:
         if s.supernet_weights and not (self.folder / SUPERNET_WEIGHTS).is_file():
             self._check_supernet_file(supernet, Path(s.supernet_weights))
         self._check_folder_fits(supernet)
+        key = self._scoring_key(train, val)
+        self._check_scoring_key(key)
         if ctx.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
             save_config(c, self.folder / "config.yaml")
+            if not (self.folder / SCORING_KEY).is_file():
+                write_json_atomic(self.folder / SCORING_KEY, key)
         ctx.barrier()
         self.log(f"search in {self.folder}: {s.num_samples} {s.sampling} samples of a "
                  f"{'cell-based' if s.share else 'cell-free'} space ({self.space.size():.3g} architectures), "
