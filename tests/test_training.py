@@ -439,6 +439,16 @@ def test_a_resume_that_does_not_fit_changes_nothing_and_the_run_still_resumes(ti
     assert main(["train", "--resume", str(tmp_path / "broken"), "--data-dir", str(tiny_cifar)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "truncated, corrupt" in err[0], err
+    other = tmp_path / "other" / "cifar10"  # the same files with one image changed: other data
+    shutil.copytree(tiny_cifar / "cifar10", other)
+    with np.load(other / "train.npz") as arrays:
+        images, labels = arrays["images"].copy(), arrays["labels"]
+    images[5] = 255 - images[5]
+    np.savez(other / "train.npz", images=images, labels=labels)
+    assert main(["train", "--resume", str(folder), "--data-dir", str(other.parent), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other training data" in err[0], err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert main(["train", "--resume", str(folder), "--data-dir", str(tiny_cifar), "--no-progress",
                  "--set", "train.max_steps=null"]) == 0
     assert (folder / "final.safetensors").is_file()

@@ -54,6 +54,15 @@ class ImageArrayDataset(Dataset):
         image = self.images[index].permute(2, 0, 1).float().div_(255.0)
         return image, int(self.labels[index])
 
+    def digest(self) -> str:
+        """sha256 of the images and labels: what a resumable run records about the data it used."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.to(torch.int64).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def batch(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``start:stop`` as a float (B, C, H, W) batch in [0, 1] and their labels."""
         images = self.images[start:stop].permute(0, 3, 1, 2).float().div_(255.0)

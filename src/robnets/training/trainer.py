@@ -212,9 +212,16 @@ class Trainer:
         return save_weights(model, self.folder / name, model_name=c.model.name, dataset=c.data.dataset,
                             threat_model=c.attack.norm, eps=c.attack.eps, dtype=dtype, extra_metadata=extra)
 
-    def _check_resume_state(self, model: nn.Module, state: dict) -> None:
-        """One error line when a saved state cannot continue this config (keys, shapes, what it holds)."""
+    def _check_resume_state(self, model: nn.Module, state: dict, data_sha256: str) -> None:
+        """One error line when a saved state cannot continue this config (keys, shapes, what it holds) or was
+        made on other data."""
         from ..models.checkpoint import check_state_dict_matches
+
+        saved = state.get("data_sha256")
+        if isinstance(saved, str) and saved != data_sha256:
+            raise RobnetsError(f"--resume {self.folder}: the run started on other training data (sha256 "
+                               f"{saved[:12]}..., now {data_sha256[:12]}...); pass the same --data-dir and data "
+                               f"settings as the run began with")
 
         needed = ("model", "optimizer", "epoch", "step", "sums", "rng_cpu")
         missing = [k for k in needed if k not in state]
@@ -236,6 +243,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         c, t, ctx = self.config, self.config.train, self.ctx
         train, val = self._data()
+        data_sha256 = self.data_sha256 = train.digest() + (val.digest() if val is not None else "")
         loader = GpuBatchLoader(train, self.batch_size * self.accumulate, device=self.device, shuffle=True, drop_last=True,
                                 augment=True, crop_padding=4, flip=True,
                                 cutout_length=c.data.cutout_length if c.data.cutout else 0, seed=c.seed,
@@ -257,7 +265,7 @@ class Trainer:
         probe_best = None
         if self._resume_state is not None:  # everything is checked before anything in the folder changes
             s = self._resume_state
-            self._check_resume_state(model, s)
+            self._check_resume_state(model, s, data_sha256)
             model.load_state_dict(s["model"])
             try:
                 optimizer.load_state_dict(s["optimizer"])
@@ -424,7 +432,7 @@ class Trainer:
     def _state(self, model, optimizer, ema, epoch, step, best, probe_best, sums, history) -> dict:  # noqa: ANN001
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
                  "best_val_robust": best, "probe_best": probe_best, "sums": torch.tensor(sums, dtype=torch.float64),
-                 "history": json.dumps(history), "rng_cpu": torch.get_rng_state()}
+                 "history": json.dumps(history), "rng_cpu": torch.get_rng_state(), "data_sha256": self.data_sha256}
         if ema is not None:
             state["ema"] = ema.state_dict()
         return state
