@@ -107,7 +107,7 @@ CASES = [
                                                 "--untrained"], "label"),
     ("output folder is a file", lambda t: ["eval", *TINY, "--untrained", "--output-dir",
                                            str(_text(t, "results", "x"))], "is a file"),
-    ("resume without a state", lambda t: ["train", "--resume", str(_run_folder(t, None))], "state.pt"),
+    ("resume of a folder that is no run", lambda t: ["train", "--resume", str(t)], "config.yaml"),
     ("resume a corrupt state", lambda t: ["train", "--resume", str(_run_folder(t, b"PK\x03\x04torn"))],
      "state"),
     ("search resume of no search", lambda t: ["search", "--resume", str(t)], "config.yaml"),

@@ -421,6 +421,20 @@ def test_a_signal_saves_the_run_and_exits_128_plus_the_signal(tiny_cifar, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+def test_a_run_stopped_before_its_first_save_resumes_from_the_beginning(tiny_cifar, tmp_path):
+    from safetensors.torch import load_file
+
+    from robnets.cli import main
+
+    folder = tmp_path / "run"
+    _train(["train.epochs=1", "train.train_size=48"], tiny_cifar, tmp_path / "reference")
+    folder.mkdir()
+    shutil.copyfile(tmp_path / "reference" / "config.yaml", folder / "config.yaml")  # killed before state.pt
+    assert main(["train", "--resume", str(folder), "--data-dir", str(tiny_cifar), "--no-progress"]) == 0
+    ours, theirs = load_file(folder / "final.safetensors"), load_file(tmp_path / "reference" / "final.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_a_resume_that_does_not_fit_changes_nothing_and_the_run_still_resumes(tiny_cifar, tmp_path, capsys):
     from robnets.cli import main
 

@@ -390,9 +390,14 @@ def run_training(config_path, overrides, *, output_dir=None, data_dir=None, resu
     if resume is not None:
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         saved = folder / "config.yaml"
-        if not (folder / STATE_FILE).is_file() or not saved.is_file():
-            raise RobnetsError(f"--resume {resume}: expected a run folder with {STATE_FILE} and config.yaml")
+        if not saved.is_file():
+            raise RobnetsError(f"--resume {resume}: expected a run folder with config.yaml (and {STATE_FILE})")
         config = load_config(saved, overrides)
+        if not (folder / STATE_FILE).is_file():  # stopped before its first save: nothing to continue yet
+            logging.getLogger("robnets.training").info(
+                f"{folder} holds no {STATE_FILE} yet (stopped before its first save): starting it from the "
+                f"beginning with its config.yaml")
+            resume, output_dir = None, folder
     else:
         config = load_config(config_path, overrides)
     ctx = init_distributed(resolve_device(config.train.device).type, required=distributed)
