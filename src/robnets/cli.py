@@ -1,4 +1,5 @@
-"""Command-line interface: ``robnets eval | demo | list-models | info`` and the original ``main.py`` flags.
+"""Command-line interface: ``robnets eval | demo | train | search | weights | list-models | info`` and the
+original ``main.py`` flags.
 
 Every user-fixable problem ends in one line, ``robnets: error: <what is wrong and how to fix it>``,
 with exit status 2.
