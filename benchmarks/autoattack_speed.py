@@ -24,7 +24,7 @@ from robnets.acceleration import accelerate
 from robnets.attacks import APGD, AutoAttack
 from robnets.data import load_sample
 from robnets.models import create_model
-from robnets.models.checkpoint import load_model
+from robnets.models.loading import load_model
 from robnets.runtime import resolve_device
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-import robnets
-from robnets.acceleration import FastRobNet
-from robnets.acceleration.traffic import attack_step_traffic, pgd_bound_images_per_s
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.measure
+import robnets  # noqa: E402
+from benchmarks.measure.traffic import attack_step_traffic, pgd_bound_images_per_s  # noqa: E402
+from robnets.acceleration import FastRobNet  # noqa: E402
 
 STRATEGIES = ("op_by_op", "convolutions", "fused_separable")
 

@@ -6,7 +6,7 @@ FLOPs per image, achieved TFLOP/s and peak memory, for RobNets and a baseline, i
     python benchmarks/throughput.py --device cuda --max-batch --profile
     python benchmarks/throughput.py --device cuda --models robnet_free --compile --bf16 --fast-batch-size 1024
 
-Writes results/throughput-<device>-<date>.{json,md}. Speed targets live here, never in tests.
+Writes <out>/throughput-<device>-<date>.{json,md} (default out: runs/benchmarks). Speed targets live here, never in tests.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from robnets.acceleration import triton_usable
-from robnets.acceleration.select import kernels_from_environment
-from robnets.acceleration.benchmark import largest_batch, measure_model, profile_fast_pgd_step, ratio_table
-from robnets.errors import RobnetsError
-from robnets.runtime import resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks.measure
+from benchmarks.measure.throughput import largest_batch, measure_model, profile_fast_pgd_step, ratio_table  # noqa: E402
+from robnets.errors import RobnetsError  # noqa: E402
+from robnets.runtime import resolve_device  # noqa: E402
 
 DEFAULT_MODELS = "robnet_free,robnet_large_v1,robnet_large_v2,preact_resnet18"
 
@@ -48,21 +47,12 @@ def main() -> int:
                         help="run the fast path (attack engine and the training step's weight update) through "
                              "torch.compile (ROBNETS_COMPILE=1; compile time is in the untimed warm-up: minutes "
                              "for robnet_free)")
-    parser.add_argument("--kernels", choices=["auto", "torch", "triton", "tuned"],
-                        help="the fast path's separable-conv kernels (ROBNETS_FAST_KERNELS; default auto: PyTorch's). "
-                             "tuned: per shape and direction the fastest of cuDNN and the Triton tilings, timed on "
-                             "first use (in the untimed warm-up) and listed after the table")
-    parser.add_argument("--out", default="results", help="folder for the result files")
+    parser.add_argument("--out", default="runs/benchmarks", help="folder for the result files")
     args = parser.parse_args()
 
     if args.compile:
         os.environ["ROBNETS_COMPILE"] = "1"
-    if args.kernels:
-        os.environ["ROBNETS_FAST_KERNELS"] = args.kernels
     device = resolve_device(args.device)
-    kernels_from_environment()  # a bad ROBNETS_FAST_KERNELS fails here, before minutes of measuring
-    if args.kernels in ("triton", "tuned") and not triton_usable(device):
-        parser.error(f"--kernels {args.kernels} needs Triton and a CUDA device (here: {device}); use --kernels torch")
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch_size or (256 if device.type == "cuda" else 16)
@@ -76,8 +66,7 @@ def main() -> int:
     workloads = tuple(w.strip() for w in args.workloads.split(","))
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "device_type": device.type, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-           "batch_size": batch, "fast_batch_size": fast_batch, "precision": precision, "iters": iters, "fast_path_compiled": args.compile,
-           "fast_kernels": os.environ.get("ROBNETS_FAST_KERNELS", "auto"), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "batch_size": batch, "fast_batch_size": fast_batch, "precision": precision, "iters": iters, "fast_path_compiled": args.compile, "date": time.strftime("%Y-%m-%d %H:%M")}
     batches = f"batch {batch}" if fast_batch == batch else f"batch {batch} (plain) / {fast_batch} (fast)"
     print(f"# throughput on {env['device']} ({device.type}), torch {env['torch']}, {batches}, {precision}, "
           f"{env['cpu_threads']} CPU threads", file=sys.stderr)
@@ -96,13 +85,6 @@ def main() -> int:
     profile = profile_fast_pgd_step("robnet_free", device, batch) if args.profile else None
     if profile:
         print("\n" + profile)
-    tuned = None
-    if env["fast_kernels"] == "tuned":
-        from robnets.acceleration.tuning import default_tuner
-
-        tuned = default_tuner().table()
-        extra["tuned_choices"] = default_tuner().choices_as_dicts()
-        print("\nper-shape kernel choices (tuned):\n" + tuned)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,8 +95,6 @@ def main() -> int:
           "| " + " | ".join(f"{k}: {v}" for k, v in env.items()) + " |", "", table]
     if profile:
         md += ["", "## Profile of one fast PGD step (robnet_free)", "", "```", profile, "```"]
-    if tuned:
-        md += ["", "## Per-shape kernel choices (tuned; us per call, PyTorch's kernels in brackets)", "", tuned]
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     print(f"\nwrote {out / stem}.json and .md", file=sys.stderr)
     return 0
@@ -123,5 +103,5 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except RobnetsError as exc:  # bad settings (e.g. ROBNETS_FAST_KERNELS): one line, no traceback
+    except RobnetsError as exc:  # bad settings: one line, no traceback
         sys.exit(f"throughput.py: error: {exc}")

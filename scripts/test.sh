@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Install robnets with its test dependencies into .venv and run the whole test suite (CPU, no network).
-# Extra arguments go to pytest. Two pytest-xdist workers of one thread each (ROBNETS_TEST_WORKERS to change;
-# 0 runs serially): on 2 CPU cores the suite takes ~290 s instead of ~400 s serially. --dist loadscope keeps
-# each test module on one worker, so module-scoped fixtures (a trained CNN, a finished search, the Triton
-# interpreter subprocess) run once. (Not loadgroup: with pytest 9.2 its xdist_group marks are ignored.)
+# Extra arguments go to pytest (`-m "not slow"`: the quick loop). Two pytest-xdist workers of one thread each
+# (ROBNETS_TEST_WORKERS to change; 0 runs serially). --dist loadscope keeps each test module on one worker, so
+# module-scoped fixtures (a trained CNN, a finished search) run once.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ROBNETS_VENV:-$ROOT/.venv}"

@@ -24,33 +24,6 @@ if _WORKERS > 1:
     # Subprocesses the tests start (CLI runs, torchrun ranks) too: beside a busy worker, a second OpenMP thread
     # spin-waits for a core and made those runs 4-5x slower.
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
-_BACKGROUND_MODULE = None  # tests/test_triton_kernels.py once its interpreter subprocess started
-# The tuned kernels' choices stay in memory during tests (never written to the user's ~/.cache).
-os.environ.setdefault("ROBNETS_TUNING_CACHE", "off")
-
-
-@pytest.hookimpl(trylast=True)  # after -k / -m deselection
-def pytest_collection_modifyitems(config, items):  # noqa: ARG001
-    """Start the Triton-interpreter subprocess as soon as tests that need it are collected, so that it runs
-    beside the other tests instead of after them (tests/test_triton_kernels.py)."""
-    global _BACKGROUND_MODULE
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # every worker collects every test: the one that runs them starts the subprocess (its fixture)
-    for item in items:
-        if "interpreted" in getattr(item, "fixturenames", ()):
-            item.module.start_interpreter_run()
-            _BACKGROUND_MODULE = item.module
-            break
-
-
-def pytest_runtest_setup(item):  # noqa: ARG001
-    """While the interpreter subprocess keeps one core busy, tests get one thread fewer: oversubscribed
-    OpenMP threads spin-wait, and the first tests ran 2-3x slower beside it. Changed between tests only."""
-    busy = _BACKGROUND_MODULE is not None and _BACKGROUND_MODULE.interpreter_running()
-    threads = max(1, THREADS - 1) if busy else THREADS
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
 
 def _need(path: Path) -> Path:
     if not path.exists():

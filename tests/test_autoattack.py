@@ -8,7 +8,6 @@ A tiny 2-layer CNN trained in about a second on 400 embedded CIFAR-10 test image
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
@@ -71,6 +70,7 @@ def test_reference_engine_on_real_points_with_the_published_robust_weights():
     assert aa.describe()["engine"].startswith("pyautoattack ")
 
 
+@pytest.mark.slow
 def test_standard_cascade_history_seconds_and_modes(trained):
     model, x, y = trained
     x, y = x[:48], y[:48]
@@ -88,6 +88,7 @@ def test_standard_cascade_history_seconds_and_modes(trained):
     assert _ball(x_adv - x, "Linf").max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm, eps", [("L2", 0.25), ("L1", 4.0)])
 def test_other_norms_stay_inside_their_ball(trained, norm, eps):
     model, x, y = trained
@@ -112,6 +113,7 @@ class _Interrupting(nn.Module):
         return self.inner(x)
 
 
+@pytest.mark.slow
 def test_interrupted_runs_resume_to_the_reference_result(trained, tmp_path):
     """Killed at seeded random forward passes, resumed each time from the state file: the same robust points
     and adversarial examples as the reference's own uninterrupted cascade, and every attack's own seconds."""

@@ -13,7 +13,8 @@ import robnets
 from robnets.errors import RobnetsError
 from robnets.models import InputNormalization
 from robnets.models.baselines import CIFAR10_MEAN, CIFAR10_STD
-from robnets.models.checkpoint import load_model, save_weights
+from robnets.models.loading import load_model
+from robnets.models.checkpoint import save_weights
 
 # Parameter counts for 10 classes of the reference implementations (kuangliu/pytorch-cifar for ResNet,
 # PreActResNet and DenseNet; Zagoruyko & Komodakis / xternalz for WideResNet-28-10).
@@ -128,7 +129,8 @@ def test_safetensors_round_trip(tmp_path, name, kwargs):
 
 
 def test_wide_resnet_dropout_is_rebuilt_from_metadata():
-    from robnets.models.checkpoint import model_from_metadata, model_spec
+    from robnets.models.loading import model_from_metadata
+    from robnets.models.checkpoint import model_spec
 
     with torch.device("meta"):
         model = robnets.create_model("wide_resnet28_10", dropout=0.3, num_classes=100)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,8 @@ import torch
 import robnets
 from robnets.errors import CheckpointError
 from robnets.models.pretrained import pretrained_info
-from robnets.models.checkpoint import load_model, load_weights, read_checkpoint, save_weights
+from robnets.models.loading import load_model
+from robnets.models.checkpoint import load_weights, read_checkpoint, save_weights
 
 FIXTURES = {
     "robnet_free_C8": "robnet_free",
@@ -216,8 +216,9 @@ def test_unknown_classes_become_inert_placeholders(tmp_path):
 ROBNET_FREE_WEIGHTS = pretrained_info("robnet_free").path()
 
 
+@pytest.mark.slow
 def test_committed_robnet_free_weights_are_self_describing_and_trained():
-    """The robnet_free trained by this project on a GPU (issue 4): fp16 storage under 16 MiB, metadata that
+    """The published robnet_free weights: fp16 storage under 16 MiB, metadata that
     names the paper's architecture and the measured test accuracies, and real accuracy on real test images
     after loading into the fp32 model."""
     from robnets.data import load_sample
@@ -238,12 +239,13 @@ def test_committed_robnet_free_weights_are_self_describing_and_trained():
     assert accuracy >= 0.45  # 55 % on the first 200 embedded test images (chance: 10 %)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["robnet_free_C8", "robnet_large_v1_C8_L8_ddp_trainstate",
                                   "robnet_large_v1_imagenet_C8_L5"])
 def test_original_checkpoints_load_without_naming_the_model(reference_dir, name):
     """Width, depth, classes, stem and which RobNet are read from the keys and shapes; the logits are the
     original implementation's."""
-    from robnets.models.checkpoint import infer_robnet
+    from robnets.models.loading import infer_robnet
 
     path = reference_dir / "original_checkpoints" / f"{name}.pth.tar"
     expected = torch.load(reference_dir / "original_checkpoints" / f"{name}.expected.pt", weights_only=True)
@@ -259,7 +261,7 @@ def test_original_checkpoints_load_without_naming_the_model(reference_dir, name)
 
 
 def test_an_unrecognizable_state_dict_asks_for_the_model(tmp_path):
-    from robnets.models.checkpoint import infer_robnet
+    from robnets.models.loading import infer_robnet
 
     model = robnets.create_model("resnet18")
     torch.save(model.state_dict(), tmp_path / "plain.pt")

@@ -48,6 +48,7 @@ def test_eval_on_the_embedded_sample_writes_results_and_config(tmp_path, capsys)
     assert saved.model.C == 8 and saved.eval.attacks == ["clean", "fgsm", "pgd2"] and saved.eval.n == 12
 
 
+@pytest.mark.slow
 def test_quick_start_original_checkpoint_without_naming_the_model(tmp_path, capsys, reference_dir):
     """README quick start: an original checkpoint, no --model or --config; the architecture (robnet_free,
     C=8, 20 cells) is read from its keys and shapes."""
@@ -61,6 +62,7 @@ def test_quick_start_original_checkpoint_without_naming_the_model(tmp_path, caps
     assert result["model"] == "robnet_free" and result["model_args"]["C"] == 8
 
 
+@pytest.mark.slow
 def test_eval_with_an_original_checkpoint_on_real_cifar10(tmp_path, capsys, reference_dir, cifar10_dir):
     """The C=8 robnet_free fixture: accuracy must equal a direct computation with the loaded model."""
     checkpoint = reference_dir / "original_checkpoints" / "robnet_free_C8.pth.tar"
@@ -75,7 +77,7 @@ def test_eval_with_an_original_checkpoint_on_real_cifar10(tmp_path, capsys, refe
 
     import numpy as np
 
-    from robnets.models.checkpoint import load_model
+    from robnets.models.loading import load_model
 
     model = load_model(checkpoint, "robnet_free", C=8)
     with np.load(cifar10_dir / "test.npz") as arrays:
@@ -134,6 +136,7 @@ def test_list_models_and_info(capsys):
     assert "12,756,448" in text and "224x224" in text
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_demo_run_end_to_end(tmp_path):
     """The main job with the published compact RobNet (sha256-verified) on the embedded sample."""
     from robnets.models.pretrained import pretrained_info
@@ -169,6 +172,7 @@ attack_param = {{'attack': True, 'epsilon': 8 / 255., 'num_steps': {steps}, 'ste
     return path
 
 
+@pytest.mark.slow
 def test_original_main_py_eval_only(tmp_path, reference_dir, cifar10_dir):
     checkpoint = reference_dir / "original_checkpoints" / "robnet_free_C8.pth.tar"
     config = _original_config(tmp_path, checkpoint, cifar10_dir)
@@ -199,6 +203,7 @@ TINY_EVAL = ["--model", "robnet_large_v1", "--set", "model.C=4", "--set", "model
              "--sample", "--no-progress", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_paper_suite_and_eps_sweep(tmp_path, capsys):
     out = tmp_path / "paper"
     code = main(["eval", *TINY_EVAL, "--suite", "paper", "--n", "6", "--eps-sweep", "0,4,8,16",
@@ -333,7 +338,8 @@ def test_integer_tensors_where_weights_belong_are_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from robnets.errors import CheckpointError
-    from robnets.models.checkpoint import load_model, read_checkpoint
+    from robnets.models.loading import load_model
+    from robnets.models.checkpoint import read_checkpoint
 
     path = _weights(tmp_path, lambda m: None)
     metadata = {k: v for k, v in read_checkpoint(path).metadata.items() if k != "tensors_sha256"}  # made elsewhere

@@ -37,6 +37,7 @@ def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("share", [True, False])
 def test_supernet_with_a_mask_equals_the_standalone_network(share):
     torch.manual_seed(0)
@@ -225,6 +226,7 @@ def _scores(folder):
     return {r["index"]: r for r in read_jsonl(sorted(folder.glob("scores.rank*.jsonl")))}
 
 
+@pytest.mark.slow
 def test_search_cli_end_to_end(finished_search, capsys, cifar_subset, tmp_path):
     folder = finished_search
     for name in ("config.yaml", "supernet.safetensors", "candidates.json", "architectures.json", "architectures.csv",
@@ -265,6 +267,7 @@ def _copy_supernet(source, target):
     shutil.copy(source / "supernet.safetensors", target / "supernet.safetensors")
 
 
+@pytest.mark.slow
 def test_search_resumes_where_it_stopped(finished_search, cifar_subset, tmp_path):
     from robnets.config import load_config
 
@@ -293,6 +296,7 @@ class _FakeRanks(DistContext):
         return list(values)
 
 
+@pytest.mark.slow
 def test_sharded_search_scores_each_candidate_once_and_merges(finished_search, cifar_subset, tmp_path):
     from robnets.config import load_config
 
@@ -321,6 +325,7 @@ class _StopAfter:
         return self.n < 0
 
 
+@pytest.mark.slow
 def test_supernet_training_resumes_exactly(cifar_subset, tmp_path):
     from robnets.config import load_config
 
@@ -343,6 +348,7 @@ def test_supernet_training_resumes_exactly(cifar_subset, tmp_path):
         assert torch.equal(value, results["interrupted"][key]), key
 
 
+@pytest.mark.slow
 def test_cell_free_search_with_the_fsp_filter(cifar_subset, tmp_path):
     from robnets.config import load_config
 
@@ -368,6 +374,7 @@ def test_bad_search_input_is_one_line(capsys):
     assert "search.sampling must be one of" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_search_together(cifar_subset, tmp_path):
     """torchrun with 2 CPU ranks: DDP supernet, candidates split between the ranks, one merged report."""
     import os
@@ -440,6 +447,7 @@ def test_fsp_filter_effect_keeps_the_robust_half_when_loss_predicts_robustness()
 
 
 # ------------------------------------------------------------- one supernet for several samplings, noise floor
+@pytest.mark.slow
 def test_an_inherited_supernet_scores_like_the_search_that_trained_it(finished_search, cifar_subset, tmp_path):
     from robnets.config import load_config
 
@@ -477,6 +485,7 @@ def test_a_supernet_of_another_shape_or_no_supernet_is_refused_in_one_line(finis
         assert not folder.exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_rescoring_measures_the_noise_floor_and_resumes(finished_search, cifar_subset, tmp_path, capsys):
     from robnets.cli import main
 

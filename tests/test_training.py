@@ -122,6 +122,7 @@ def _pgd_loss(model, x, y):
         return F.cross_entropy(model(x_adv), y).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_lowers_the_adversarial_loss(method):
     torch.manual_seed(0)
@@ -162,6 +163,7 @@ def _train(overrides, data_dir, out, resume=None):
                    log_to_stderr=False).run()
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_cifar, tmp_path):
     common = ["train.method=fgsm_rs", "train.epochs=2", "train.ema_decay=0.9", "data.cutout=true",
               "train.train_size=96"]  # 64 training images: 4 steps per epoch
@@ -181,11 +183,12 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_cifar, tmp_p
     assert not list((tmp_path / "part").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_train_compile_runs_the_weight_update_through_torch_compile(tiny_cifar, tmp_path, monkeypatch):
     """train.compile=true compiles the weight update's train-mode forward/backward (BatchNorm batch statistics,
     running-statistics updates, weight gradients) and trains the same weights as eager. Dynamo's eager backend
     stands in for Inductor (the same graph capture, exact arithmetic, no minutes of C++ builds; Inductor's
-    one-step equivalence: tests/test_acceleration.py); fast_attack=false keeps the attack engine out of it."""
+    one-step equivalence: tests/test_fast_path.py); fast_attack=false keeps the attack engine out of it."""
     from robnets import acceleration
 
     compiled = []
@@ -214,6 +217,7 @@ def test_train_compile_runs_the_weight_update_through_torch_compile(tiny_cifar, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_final_weights_carry_metadata_and_best_is_kept(tiny_cifar, tmp_path):
     result = _train(["train.method=pgd", "train.attack_steps=2", "train.epochs=1"], tiny_cifar, tmp_path / "run")
     meta = read_checkpoint(tmp_path / "run" / "final.safetensors").metadata
@@ -223,7 +227,7 @@ def test_final_weights_carry_metadata_and_best_is_kept(tiny_cifar, tmp_path):
     assert (tmp_path / "run" / "best.safetensors").exists() and result.best_val_robust is not None
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert {"train_loss", "train_adv_acc", "val_clean", "val_robust", "lr"} <= set(record)
-    model = robnets.models.checkpoint.load_model(tmp_path / "run" / "final.safetensors")
+    model = robnets.load_model(tmp_path / "run" / "final.safetensors")
     assert model.config["C"] == 4
 
 
@@ -232,6 +236,7 @@ def _torchrun():
     return exe if os.path.exists(exe) else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun is not installed")
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_cifar, tmp_path):
     """2 DDP ranks x 16 images == 1 process x 2 micro-batches of 16 (same shards, same BatchNorm groups). The
@@ -266,6 +271,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_ci
     assert "over 2 process(es)" in log and "global batch 32" in log and "torch.compile (eager)" in log
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun is not installed")
 def test_ddp_with_eval_mode_fast_attacks_runs(tiny_cifar, tmp_path):
     """The default path: attacks on the unwrapped fast engine, one DDP forward per step."""
@@ -363,6 +369,7 @@ def test_slurm_script_launches_one_task_per_gpu(tmp_path):
     assert usage.returncode == 2 and "usage" in usage.stderr
 
 
+@pytest.mark.slow
 def test_catastrophic_overfitting_is_detected_and_stops_the_run(tiny_cifar, tmp_path, monkeypatch):
     """Single-step training watches PGD-10 accuracy on a fixed training batch; a collapse (here simulated:
     40 % -> 45 % -> 10 %) is flagged in the metrics with a clear warning, and train.stop_on_co ends the run
@@ -421,6 +428,7 @@ def test_a_signal_saves_the_run_and_exits_128_plus_the_signal(tiny_cifar, tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_save_resumes_from_the_beginning(tiny_cifar, tmp_path):
     from safetensors.torch import load_file
 
@@ -435,6 +443,7 @@ def test_a_run_stopped_before_its_first_save_resumes_from_the_beginning(tiny_cif
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.slow
 def test_a_resume_that_does_not_fit_changes_nothing_and_the_run_still_resumes(tiny_cifar, tmp_path, capsys):
     from robnets.cli import main
 

@@ -2,9 +2,8 @@
 
 from .errors import RobnetsError
 from .models import Genotype, RobNet, create_model, list_models, model_info, register_model
-from .models.checkpoint import load_model
-
-__version__ = "0.1.0"
+from .models.loading import load_model
+from .version import __version__
 
 __all__ = ["Genotype", "RobNet", "RobnetsError", "create_model", "list_models", "load_model", "model_info",
            "register_model", "__version__"]

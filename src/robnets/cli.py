@@ -380,36 +380,9 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run_training(config_path, overrides, *, output_dir=None, data_dir=None, resume=None, distributed=False,  # noqa: ANN001
-                 progress=True):  # noqa: ANN001, ANN201
-    """Load (or, when resuming, reload) the config, join the process group, train."""
-    from .config import load_config
-    from .runtime import resolve_device
-    from .training.distributed import init_distributed, shutdown
-    from .training.trainer import STATE_FILE, Trainer
-
-    if resume is not None:
-        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-        saved = folder / "config.yaml"
-        if not saved.is_file():
-            raise RobnetsError(f"--resume {resume}: expected a run folder with config.yaml (and {STATE_FILE})")
-        config = load_config(saved, overrides)
-        if not (folder / STATE_FILE).is_file():  # stopped before its first save: nothing to continue yet
-            logging.getLogger("robnets.training").info(
-                f"{folder} holds no {STATE_FILE} yet (stopped before its first save): starting it from the "
-                f"beginning with its config.yaml")
-            resume, output_dir = None, folder
-    else:
-        config = load_config(config_path, overrides)
-    ctx = init_distributed(resolve_device(config.train.device).type, required=distributed)
-    try:
-        return Trainer(config, output_dir=output_dir, data_dir=data_dir, resume=resume, ctx=ctx,
-                       progress=progress).run()
-    finally:
-        shutdown(ctx)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from .training.driver import run_training
+
     result = run_training(args.config, _train_overrides(args), output_dir=args.output_dir, data_dir=args.data_dir,
                           resume=args.resume, distributed=args.distributed, progress=not args.no_progress)
     print(f"run folder: {result.folder} ({'complete' if result.completed else 'interrupted: resume with --resume'})")
@@ -528,6 +501,8 @@ def _original(args: argparse.Namespace) -> int:
     from .evaluation.pipeline import run_evaluation
 
     if not args.eval_only:
+        from .training.driver import run_training
+
         # the original trains with PGD-7 (its attack_param.num_steps is the evaluation's)
         result = run_training(args.config, list(args.overrides), data_dir=args.data_dir,
                               distributed=args.distributed)

@@ -1,10 +1,11 @@
-"""Execution context passed around explicitly: device, precision, model mode."""
+"""Execution context passed around explicitly: device, precision, model mode; the one seed derivation."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,3 +58,13 @@ def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):  # noqa: ANN
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), **kwargs)
+
+
+def derive_seed(*values: int) -> int:
+    """A 63-bit seed hashed from non-negative integers (numpy ``SeedSequence``), well mixed so that nearby
+    tuples such as ``(seed, epoch, step)`` and ``(seed, epoch, step + 1)`` give unrelated streams."""
+    words = [int(v) for v in values]
+    if any(v < 0 for v in words):
+        raise ValueError(f"seed components must be non-negative integers, got {values}")
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)

@@ -1,11 +1,13 @@
-"""Fast execution paths (same function, less time): FastRobNet, BatchNorm folding, fused Triton kernels,
-CUDA-graph attack loops, compiled training steps, and the selection of the path that applies."""
+"""The default fast path (same function, less time): :class:`FastRobNet` (absent edges skipped, BatchNorm
+folded, shared ReLUs, channels-last), the choice of the path that applies (:func:`accelerate`), compiled
+training steps, and PGD's inner loop as a captured CUDA graph (:class:`GraphedPGDLoop`, handed to the attack)."""
 
+from .cuda_graphs import GraphedPGDLoop
 from .fast_robnet import FastRobNet
 from .folding import FoldedConv, fold_parameters
 from .select import (EXECUTION_MODES, accelerate, compile_backend_from_environment, compile_for_training,
-                     compile_from_environment, cuda_graphs_enabled, kernels_from_environment, triton_usable)
+                     compile_from_environment, cuda_graphs_enabled, pgd_loop_for)
 
-__all__ = ["EXECUTION_MODES", "FastRobNet", "FoldedConv", "accelerate", "compile_backend_from_environment",
-           "compile_for_training", "compile_from_environment", "cuda_graphs_enabled", "fold_parameters",
-           "kernels_from_environment", "triton_usable"]
+__all__ = ["EXECUTION_MODES", "FastRobNet", "FoldedConv", "GraphedPGDLoop", "accelerate",
+           "compile_backend_from_environment", "compile_for_training", "compile_from_environment",
+           "cuda_graphs_enabled", "fold_parameters", "pgd_loop_for"]

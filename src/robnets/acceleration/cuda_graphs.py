@@ -62,17 +62,25 @@ class GraphedLinfStep:
         return self.x_adv.clone()
 
 
-class GraphCache:
-    """Captured steps keyed by (shape, dtype, device); keeps the two most recent (full and last batch)."""
+class GraphedPGDLoop:
+    """PGD's step loop on captured CUDA graphs, handed to :class:`~robnets.attacks.PGD` as ``step_loop``.
+
+    Keeps one captured step per (shape, dtype, device, model), the two most recent (full and last batch).
+    """
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
         self._entries: dict[tuple, GraphedLinfStep] = {}
 
-    def get(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> GraphedLinfStep:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, steps: int, *,
+                 eps: float, alpha: float, precision: str, targeted: bool) -> torch.Tensor:
+        """``steps`` signed-gradient steps from ``start``, projected onto the eps-ball of ``x`` and [0, 1]."""
+        if not x.is_cuda:  # nothing to capture: the attack's own loop runs
+            raise ValueError("GraphedPGDLoop needs CUDA tensors")
         key = (tuple(x.shape), x.dtype, str(x.device), id(model))
         if key not in self._entries:
             if len(self._entries) >= self.size:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = GraphedLinfStep(model, x, y, **kwargs)
-        return self._entries[key]
+            self._entries[key] = GraphedLinfStep(model, x, y, eps=eps, alpha=alpha, precision=precision,
+                                                 targeted=targeted)
+        return self._entries[key].run(x, y, start, steps)

@@ -6,11 +6,7 @@ What it does differently from the plain network, without changing the function i
 * every BatchNorm is folded into the convolution before it (eval mode: running statistics);
 * ReLU of a state read by several edges is computed once, not once per edge;
 * activations use the channels-last layout where that is faster (depthwise convs on CPU and GPU);
-* each half of a separable conv (ReLU, depthwise 3x3, pointwise 1x1 + folded BN) can run as one fused
-  Triton kernel on CUDA (``kernels='triton'``), moving each activation through memory once;
-* or each half runs whichever of cuDNN and the Triton tilings was fastest on its shape, per direction
-  (``kernels='tuned'``, :mod:`robnets.acceleration.tuning`);
-* or the whole forward/backward can go through ``torch.compile`` (``compile=True``), whose graph no longer
+* optionally the whole forward/backward can go through ``torch.compile`` (``compile=True``), whose graph no longer
   holds the zero multiplications and unfused BatchNorms, so Inductor can fuse the element-wise work.
 
 Gradients flow to the input only (what attacks need); train with the source model. The engine follows the
@@ -25,27 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.cell import Cell
+from ..models.cell import Cell, run_nodes
 from ..models.network import RobNet
 from ..models.ops import FactorizedReduce, Identity, ReLUConvBN, ResSepConv, SepConv
 from .folding import FoldedConv
-
-SepHalf = Callable[[torch.Tensor, "nn.Conv2d | FoldedConv", FoldedConv, bool], torch.Tensor]
-
-
-def torch_sep_half(x: torch.Tensor, depthwise: nn.Conv2d | FoldedConv, pointwise: FoldedConv, relu: bool
-                   ) -> torch.Tensor:
-    """(ReLU) -> depthwise 3x3 -> pointwise 1x1 with folded BN, with PyTorch convolutions. The engine passes the
-    depthwise conv as a :class:`FoldedConv` (no BN), which keeps its weight ready in the input's dtype."""
-    if relu:
-        x = F.relu(x)
-    if isinstance(depthwise, FoldedConv):
-        return pointwise(depthwise(x))
-    weight = depthwise.weight.detach()
-    x = F.conv2d(x, weight.to(x.dtype) if weight.dtype != x.dtype and not torch.is_autocast_enabled() else weight,
-                 None, depthwise.stride, depthwise.padding, depthwise.dilation, depthwise.groups)
-    return pointwise(x)
-
 
 class _FastSepConv:
     """SepConv = two halves; the first takes an already-rectified input."""
@@ -55,9 +34,9 @@ class _FastSepConv:
         self.dw1, self.pw1 = FoldedConv(seq[1], None), FoldedConv(seq[2], seq[3])
         self.dw2, self.pw2 = FoldedConv(seq[5], None), FoldedConv(seq[6], seq[7])
 
-    def __call__(self, rectified: torch.Tensor, half: SepHalf) -> torch.Tensor:
-        mid = half(rectified, self.dw1, self.pw1, False)
-        return half(mid, self.dw2, self.pw2, True)
+    def __call__(self, rectified: torch.Tensor) -> torch.Tensor:
+        mid = self.pw1(self.dw1(rectified))
+        return self.pw2(self.dw2(F.relu(mid)))
 
 
 class _FastFactorizedReduce:
@@ -93,12 +72,12 @@ class _FastEdge:
     def needs_relu(self) -> bool:
         return not self.identity
 
-    def __call__(self, state: torch.Tensor, rectified: torch.Tensor | None, half: SepHalf) -> torch.Tensor:
+    def __call__(self, state: torch.Tensor, rectified: torch.Tensor | None) -> torch.Tensor:
         if self.identity:
             return state
         if self.sep is None:
             return self.reduce(rectified)
-        out = self.sep(rectified, half)
+        out = self.sep(rectified)
         if self.residual:
             out = out + (self.reduce(rectified) if self.reduce is not None else state)
         return out
@@ -107,10 +86,10 @@ class _FastEdge:
 class _FastCell:
     def __init__(self, cell: Cell) -> None:
         self.reduction = cell.reduction
-        self.multiplier = cell._multiplier
+        self.multiplier = cell.multiplier
         self.pre0 = self._preprocess(cell.preprocess0)
         self.pre1 = self._preprocess(cell.preprocess1)
-        self.nodes = [[(j, _FastEdge(cell._ops[k].op)) for j, k in live] for live in cell._live_edges]
+        self.nodes = [[(j, _FastEdge(op.op)) for j, op in live] for live in cell.live_edges]
 
     @staticmethod
     def _preprocess(module: nn.Module):  # noqa: ANN205
@@ -121,24 +100,19 @@ class _FastCell:
         conv = FoldedConv(module.op[1], module.op[2])
         return lambda x: conv(F.relu(x))
 
-    def __call__(self, s0: torch.Tensor, s1: torch.Tensor, half: SepHalf) -> torch.Tensor:
+    def __call__(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
-        rectified: dict[int, torch.Tensor] = {}
-        for node in self.nodes:
-            total = None
-            for j, edge in node:
-                r = None
-                if edge.needs_relu:
-                    r = rectified.get(j)
-                    if r is None:
-                        r = rectified[j] = F.relu(states[j])
-                out = edge(states[j], r, half)
-                total = out if total is None else total + out
-            if total is None:
-                stride = 2 if self.reduction else 1
-                total = torch.zeros_like(states[0][:, :, ::stride, ::stride])
-            states.append(total)
-        return torch.cat(states[-self.multiplier:], dim=1)
+        rectified: dict[int, torch.Tensor] = {}  # ReLU of a state, computed once however many edges read it
+
+        def edge_output(edge: _FastEdge, j: int) -> torch.Tensor:
+            r = None
+            if edge.needs_relu:
+                r = rectified.get(j)
+                if r is None:
+                    r = rectified[j] = F.relu(states[j])
+            return edge(states[j], r)
+
+        return run_nodes(states, self.nodes, edge_output, self.reduction, self.multiplier)
 
 
 def _find_folded(engine: FastRobNet) -> list[FoldedConv]:
@@ -166,38 +140,19 @@ def _find_folded(engine: FastRobNet) -> list[FoldedConv]:
 class FastRobNet(nn.Module):
     """Eval-mode fast execution of ``net`` (a :class:`RobNet`), sharing its parameters."""
 
-    def __init__(self, net: RobNet, *, channels_last: bool = True, kernels: str = "torch",
+    def __init__(self, net: RobNet, *, channels_last: bool = True,
                  compile: bool | str | Callable = False) -> None:  # noqa: A002 - the name torch users know
         """``compile=True`` runs the forward (and so its backward) through ``torch.compile`` (Inductor), which
         fuses the element-wise work around the convolutions; a string or callable names another
-        ``torch.compile`` backend (tests use ``'eager'``). With ``kernels='triton'`` the separable convolutions
-        stay the fused Triton kernels, as opaque operators Inductor fuses around. The folded BatchNorm
-        parameters are refreshed eagerly before each call and updated in place, so weight changes never trigger
-        recompilation."""
+        ``torch.compile`` backend (tests use ``'eager'``). The folded BatchNorm parameters are refreshed eagerly
+        before each call and updated in place, so weight changes never trigger recompilation."""
         super().__init__()
         if not isinstance(net, RobNet):
             raise TypeError(f"FastRobNet needs a RobNet, got {type(net).__name__}")
         self.source = net
         self.channels_last = channels_last
-        self.kernels = kernels
-        self._half: SepHalf = torch_sep_half
-        if kernels == "triton":
-            from functools import partial
-
-            from .select import triton_configs_from_environment
-            from .triton_sepconv import triton_sep_half
-
-            configs = triton_configs_from_environment()
-            self._half = triton_sep_half if configs is None else partial(
-                triton_sep_half, forward_config=configs[0], backward_config=configs[1])
-        elif kernels == "tuned":
-            from .tuning import default_tuner
-
-            self._half = default_tuner()
-        elif kernels != "torch":
-            raise ValueError(f"kernels must be 'torch', 'triton' or 'tuned', got {kernels!r}")
         self._cells = [_FastCell(c) for c in net.cells]
-        if net._imagenet_stem:
+        if net.imagenet_stem:
             s0 = net.stem0
             self._stem0 = (FoldedConv(s0[0], s0[1]), FoldedConv(s0[3], s0[4]))
             self._stem1 = FoldedConv(net.stem1[1], net.stem1[2])
@@ -242,41 +197,32 @@ class FastRobNet(nn.Module):
 
     def _prepare_eagerly(self, x: torch.Tensor) -> None:
         """A compiled engine reads, while tracing, what eager calls prepare: the weights converted to the
-        activations' dtype and the kernels' layouts (read, not re-derived, by the graph) and, with tuned
-        kernels, every half's choice (nothing can be timed on fake tensors, so a new kind of input first runs
-        one eager forward without gradients)."""
+        activations' dtype (read, not re-derived, by the graph)."""
         autocast = torch.is_autocast_enabled(x.device.type)
         key = (tuple(x.shape), x.dtype, str(x.device), autocast)
         if key in self._prepared_inputs:
             return
-        if self.kernels == "tuned":
-            with torch.no_grad():
-                self._forward_impl(x.detach())
-        else:
-            self.prepare_weights(torch.get_autocast_dtype(x.device.type) if autocast else x.dtype)
+        self.prepare_weights(torch.get_autocast_dtype(x.device.type) if autocast else x.dtype)
         self._prepared_inputs.add(key)
 
     def prepare_weights(self, dtype: torch.dtype) -> None:
         """Derive now the weight copies that calls with ``dtype`` activations read (the first call would derive
         them anyway; a compiled graph or a captured CUDA graph must find them ready)."""
-        triton_layout = self.kernels in ("triton", "tuned")
         for folded in self._folded:
             folded.parameters(dtype)
-            if triton_layout and folded.bn is None and folded.conv.groups == folded.conv.in_channels > 1:
-                folded.parameters(dtype, "tap_major")
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         net = self.source
         x = net.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if net._imagenet_stem:
+        if net.imagenet_stem:
             conv_a, conv_b = self._stem0
             s0 = conv_b(F.relu(conv_a(x)))
             s1 = self._stem1(F.relu(s0))
         else:
             s0 = s1 = self._stem(x)
         for cell in self._cells:
-            s0, s1 = s1, cell(s0, s1, self._half)
+            s0, s1 = s1, cell(s0, s1)
         out = net.global_pooling(s1)
         return F.linear(out.flatten(1), net.classifier.weight.detach(), net.classifier.bias.detach())

@@ -72,23 +72,12 @@ def _refreshed(old: tuple[torch.Tensor | None, torch.Tensor | None], new: tuple[
     return weight, bias
 
 
-def _tap_major(weight: torch.Tensor) -> torch.Tensor:
-    """A depthwise weight (C, 1, KH, KW) as (KH, KW, C), the Triton kernels' layout: each tap's weights are
-    contiguous over channels, so a tile loads them as vectors (in (C, 1, KH, KW) they lie KH*KW elements apart:
-    one scalar load per channel and tap)."""
-    return weight[:, 0].permute(1, 2, 0).contiguous()
-
-
-#: Weight layouts a :class:`FoldedConv` can keep ready besides the conv's own (``None``).
-LAYOUTS = {"tap_major": _tap_major}
-
-
 class FoldedConv:
     """A conv (+ folded BN) whose effective parameters are cached until a source tensor changes.
 
     With ``bn=None`` it is the conv itself (a depthwise conv of a separable conv, say). Besides the folded
-    parameters in the source dtype it keeps the copies that calls asked for in other dtypes or layouts
-    (:meth:`parameters` with ``dtype`` / ``layout``): a bf16 attack would otherwise cast every weight on every
+    parameters in the source dtype it keeps the copies that calls asked for in other dtypes
+    (:meth:`parameters` with ``dtype``): a bf16 attack would otherwise cast every weight on every
     call, about 1,200 small kernels per robnet_free attack step, more than its convolutions. Every copy is
     re-derived with the folded parameters when a source changes.
     """
@@ -101,8 +90,8 @@ class FoldedConv:
         self._key: tuple | None = None
         self._weight: torch.Tensor | None = None
         self._bias: torch.Tensor | None = None
-        # (dtype, layout) -> (weight, bias): the derived copies, refreshed with the folded parameters
-        self._derived: dict[tuple[torch.dtype, str | None], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # dtype -> (weight, bias): the derived copies, refreshed with the folded parameters
+        self._derived: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _sources(self) -> list[torch.Tensor]:
         tensors = [self.conv.weight] + ([self.conv.bias] if self.conv.bias is not None else [])
@@ -116,10 +105,8 @@ class FoldedConv:
             return self.conv.weight.detach(), None if self.conv.bias is None else self.conv.bias.detach()
         return fold_parameters(self.conv, self.bn, self.channels)
 
-    def _derive(self, dtype: torch.dtype, layout: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        weight = self._weight.to(dtype)
-        weight = LAYOUTS[layout](weight) if layout is not None else weight.contiguous()
-        return weight, None if self._bias is None else self._bias.to(dtype).contiguous()
+    def _derive(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._weight.to(dtype).contiguous(), None if self._bias is None else self._bias.to(dtype).contiguous()
 
     def _refresh(self) -> None:
         with torch.no_grad():
@@ -132,40 +119,36 @@ class FoldedConv:
                 self._weight, self._bias = _refreshed((self._weight, self._bias), (weight, bias),
                                                       self.refresh_in_place)
             for key, old in list(self._derived.items()):
-                self._derived[key] = _refreshed(old, self._derive(*key), self.refresh_in_place)
+                self._derived[key] = _refreshed(old, self._derive(key), self.refresh_in_place)
 
-    def parameters(self, dtype: torch.dtype | None = None, layout: str | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Folded (weight, bias), detached: gradients through a folded view reach the input only. ``dtype`` and
-        ``layout`` (a :data:`LAYOUTS` name) ask for a cached copy converted to that dtype and weight layout."""
+    def parameters(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Folded (weight, bias), detached: gradients through a folded view reach the input only. ``dtype`` asks
+        for a cached copy converted to that dtype."""
         sources = self._sources()
         key = tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
         if key != self._key:
             self._refresh()
             self._key = key
-        return self._lookup(dtype, layout)
+        return self._lookup(dtype)
 
-    def cached(self, dtype: torch.dtype | None = None, layout: str | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def cached(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The folded (weight, bias) as last refreshed, without checking the sources (compiled regions call
         this after :meth:`parameters` ran eagerly for the same call). It never reads the source key, a tuple of
         version numbers Dynamo would guard on (a recompilation after every weight change)."""
         if self._weight is None:
-            return self.parameters(dtype, layout)
-        return self._lookup(dtype, layout)
+            return self.parameters(dtype)
+        return self._lookup(dtype)
 
-    def _lookup(self, dtype: torch.dtype | None, layout: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _lookup(self, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         dtype = self._weight.dtype if dtype is None else dtype
-        if layout is None and dtype == self._weight.dtype:
+        if dtype == self._weight.dtype:
             return self._weight, self._bias
-        found = self._derived.get((dtype, layout))
+        found = self._derived.get(dtype)
         if found is None:
-            if layout is not None and layout not in LAYOUTS:
-                raise ValueError(f"unknown weight layout {layout!r}; known: {sorted(LAYOUTS)}")
             with torch.no_grad():
-                found = self._derive(dtype, layout)
+                found = self._derive(dtype)
             if not torch.compiler.is_compiling():  # a trace computes it in its graph and must not store it
-                self._derived[(dtype, layout)] = found
+                self._derived[dtype] = found
         return found
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

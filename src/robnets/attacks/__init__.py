@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from ..errors import RobnetsError
@@ -49,10 +51,11 @@ def create_attack(
     l2_alpha: float = 0.1,
     precision: str = "fp32",
     seed: int | None = None,
-    cuda_graphs: bool = False,
+    step_loop: Callable[..., torch.Tensor] | None = None,
     eot_iter: int = 1,
 ) -> Attack | None:
-    """Build the attack a short name stands for (``None`` for 'clean'); steps in the name win over ``steps``."""
+    """Build the attack a short name stands for (``None`` for 'clean'); steps in the name win over ``steps``.
+    ``step_loop`` goes to PGD (see :class:`PGD`)."""
     kind, named_steps = parse_attack_spec(spec)
     steps = named_steps if named_steps is not None else steps
     common = dict(precision=precision, seed=seed, eot_iter=eot_iter)
@@ -61,7 +64,7 @@ def create_attack(
     if kind == "fgsm":
         return FGSM(model, eps=eps, **common)
     if kind == "pgd":
-        return PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, cuda_graphs=cuda_graphs,
+        return PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, step_loop=step_loop,
                    **common)
     if kind == "pgdl2":
         return PGDL2(model, eps=l2_eps, alpha=l2_alpha, steps=steps, random_start=random_start, **common)

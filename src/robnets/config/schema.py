@@ -75,7 +75,7 @@ class TrainConfig:
     attack_train_mode: bool = False  # True: attack with BatchNorm in train mode, like the original
     fast_attack: bool = True  # craft training attacks with the fast (eval-mode) engine
     # torch.compile that engine (where it applies) and the weight update's forward/backward (CUDA, after a few
-    # minutes of compiling; results/throughput.md)
+    # minutes of compiling; docs/performance.md)
     compile: bool = False
     batch_size: int | None = None  # per process and micro-batch; default data.batch_size
     accumulate: int = 1  # micro-batches per optimizer step (one GPU emulating a larger global batch)

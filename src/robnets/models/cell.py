@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import torch
 from torch import nn
 
 from .genotype import CellGenotype
 from .ops import ChosenOperation, FactorizedReduce, ReLUConvBN
+
+Edge = TypeVar("Edge")
+
+
+def run_nodes(states: list[torch.Tensor], nodes: Sequence[Sequence[tuple[int, Edge]]],
+              edge_output: Callable[[Edge, int], torch.Tensor], reduction: bool, multiplier: int) -> torch.Tensor:
+    """The cell's node loop, shared by the model, the fast engine and the supernet.
+
+    ``states`` holds the two preprocessed inputs; each node appends the sum of ``edge_output(edge, j)`` over its
+    ``(j, edge)`` pairs (``j`` indexes the states the edge reads), in edge order. A node without edges is all
+    zeros (at the resolution of a reduction cell's output). Returns the concat of the last ``multiplier`` states.
+    """
+    for edges in nodes:
+        node = None
+        for j, edge in edges:
+            out = edge_output(edge, j)
+            node = out if node is None else node + out
+        if node is None:
+            stride = 2 if reduction else 1
+            node = torch.zeros_like(states[0][:, :, ::stride, ::stride])
+        states.append(node)
+    return torch.cat(states[-multiplier:], dim=1)
 
 
 class Cell(nn.Module):
@@ -32,43 +57,28 @@ class Cell(nn.Module):
         super().__init__()
         self.genotype = genotype
         self.reduction = reduction
-        self._steps = steps
-        self._multiplier = multiplier
+        self.steps = steps
+        self.multiplier = multiplier
         self.reference_mode = False
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels)
         else:
             self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0)
-        self._ops = nn.ModuleList()
-        for i, node in enumerate(genotype.node_edges()):
+        self._ops = nn.ModuleList()  # the name is part of the original checkpoints' keys
+        for node in genotype.node_edges():
             for j, code in enumerate(node):
                 stride = 2 if reduction and j < 2 else 1
                 self._ops.append(ChosenOperation(code, channels, stride))
-        # Per node: indices (into the state list) and op positions of the edges that carry data.
-        self._live_edges: list[list[tuple[int, int]]] = []
+        # per node: (state index, operation) of every edge, and of the edges that carry data
+        self.all_edges: list[list[tuple[int, ChosenOperation]]] = []
         offset = 0
         for i in range(steps):
-            self._live_edges.append(
-                [(j, offset + j) for j in range(2 + i) if not self._ops[offset + j].is_zero]
-            )
+            self.all_edges.append([(j, self._ops[offset + j]) for j in range(2 + i)])
             offset += 2 + i
+        self.live_edges = [[(j, op) for j, op in node if not op.is_zero] for node in self.all_edges]
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        if self.reference_mode:
-            offset = 0
-            for i in range(self._steps):
-                states.append(sum(self._ops[offset + j](h) for j, h in enumerate(states)))
-                offset += len(states) - 1
-            return torch.cat(states[-self._multiplier :], dim=1)
-        for live in self._live_edges:
-            node = None
-            for j, k in live:
-                out = self._ops[k](states[j])
-                node = out if node is None else node + out
-            if node is None:  # every edge into this node is absent: the node is all zeros
-                stride = 2 if self.reduction else 1
-                node = torch.zeros_like(states[0][:, :, ::stride, ::stride])
-            states.append(node)
-        return torch.cat(states[-self._multiplier :], dim=1)
+        nodes = self.all_edges if self.reference_mode else self.live_edges
+        return run_nodes(states, nodes, lambda op, j: op(states[j]), self.reduction, self.multiplier)

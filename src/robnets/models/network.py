@@ -81,7 +81,7 @@ class RobNet(nn.Module):
             imagenet_stem=imagenet_stem, mean=list(mean) if mean is not None else None,
             std=list(std) if std is not None else None,
         )
-        self._imagenet_stem = imagenet_stem
+        self.imagenet_stem = imagenet_stem
         self.normalize: nn.Module = InputNormalization(mean, std) if mean is not None else nn.Identity()
 
         if imagenet_stem:
@@ -138,7 +138,7 @@ class RobNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise RobnetsError(f"RobNet expects a float NCHW batch with 3 channels, got shape {tuple(x.shape)}")
         x = self.normalize(x)
-        if self._imagenet_stem:
+        if self.imagenet_stem:
             s0 = self.stem0(x)
             s1 = self.stem1(s0)
         else:

@@ -48,9 +48,9 @@ from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
 from ..io import atomic_path, folder_lock, sha256_file, write_json_atomic, write_text_atomic
 from ..models.genotype import Genotype
-from ..runtime import eval_mode, progress_bar, resolve_device
+from ..runtime import derive_seed, progress_bar, resolve_device
 from ..training.distributed import DistContext
-from ..training.loader import GpuBatchLoader, derive_seed
+from ..training.loader import GpuBatchLoader
 from ..training.methods import MethodSettings, make_inputs, training_loss
 from ..training.schedule import build_optimizer, set_learning_rate
 from . import analysis

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import RobnetsError
+from ..models.cell import run_nodes
 from ..models.genotype import CellGenotype, EdgeOp, Genotype
 from ..models.network import InputNormalization, RobNet
 from ..models.ops import FactorizedReduce, Identity, ReLUConvBN, SepConv
@@ -73,37 +74,28 @@ class SuperCell(nn.Module):
                  reduction: bool, reduction_prev: bool) -> None:
         super().__init__()
         self.reduction = reduction
-        self._steps = steps
-        self._multiplier = multiplier
+        self.multiplier = multiplier
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels)
         else:
             self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0)
         self._ops = nn.ModuleList()
+        self.edges: list[list[SuperEdge]] = []  # per node, the edge from each earlier state
         for i in range(steps):
-            for j in range(2 + i):
-                self._ops.append(SuperEdge(channels, 2 if reduction and j < 2 else 1))
+            node = [SuperEdge(channels, 2 if reduction and j < 2 else 1) for j in range(2 + i)]
+            self._ops.extend(node)
+            self.edges.append(node)
         self.cell: CellGenotype | None = None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         if self.cell is None:
             raise RobnetsError("the supernet has no architecture set: call set_architecture(genotype) first")
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for codes in self.cell.node_edges():
-            node = None
-            for j, code in enumerate(codes):
-                if code is EdgeOp.NONE:
-                    continue
-                out = self._ops[offset + j](states[j], code)
-                node = out if node is None else node + out
-            if node is None:
-                stride = 2 if self.reduction else 1
-                node = torch.zeros_like(states[0][:, :, ::stride, ::stride])
-            states.append(node)
-            offset += len(codes)
-        return torch.cat(states[-self._multiplier:], dim=1)
+        nodes = [[(j, (edge, code)) for j, (edge, code) in enumerate(zip(edges, codes)) if code is not EdgeOp.NONE]
+                 for edges, codes in zip(self.edges, self.cell.node_edges())]
+        return run_nodes(states, nodes, lambda chosen, j: chosen[0](states[j], chosen[1]), self.reduction,
+                         self.multiplier)
 
 
 class Supernet(nn.Module):
@@ -186,7 +178,9 @@ class Supernet(nn.Module):
         for layer, (cell, super_cell) in enumerate(zip(net.cells, self.cells)):
             cell.preprocess0.load_state_dict(super_cell.preprocess0.state_dict())
             cell.preprocess1.load_state_dict(super_cell.preprocess1.state_dict())
-            for chosen, edge in zip(cell._ops, super_cell._ops):
+            chosen_ops = [op for node in cell.all_edges for _, op in node]
+            super_edges = [edge for node in super_cell.edges for edge in node]
+            for chosen, edge in zip(chosen_ops, super_edges):
                 code = chosen.code
                 if code is EdgeOp.SEP_CONV:
                     chosen.op.load_state_dict(edge.conv.state_dict())

@@ -37,26 +37,16 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data.arrays import ImageArrayDataset
+from ..runtime import derive_seed
 from .augment import apply_augment_params, sample_augment_params
 
 __all__ = ["AUG_TAG", "PERM_TAG", "GpuBatchLoader", "derive_seed"]
 
 PERM_TAG = 0x5045524D   # "PERM": the epoch permutation stream
 AUG_TAG = 0x41554721    # "AUG!": the per-batch augmentation stream
-
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed hashed from non-negative integers (numpy ``SeedSequence``), well mixed so that nearby
-    tuples such as ``(seed, epoch, step)`` and ``(seed, epoch, step + 1)`` give unrelated streams."""
-    words = [int(v) for v in values]
-    if any(v < 0 for v in words):
-        raise ValueError(f"seed components must be non-negative integers, got {values}")
-    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
-    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
 
 
 def _resolve_device(device: torch.device | str) -> torch.device:

@@ -24,14 +24,14 @@ import torch
 from torch import nn
 
 from ..attacks import PGD
-from ..config import Config, save_config
+from ..config import Config, build_model, save_config
 from ..data import load_dataset, resolve_data_root
 from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
 from ..io import atomic_path, folder_lock, write_text_atomic
-from ..models import RobNet, create_model
+from ..models import RobNet
 from ..models.checkpoint import save_weights
-from ..runtime import autocast_context, eval_mode, progress_bar, resolve_device
+from ..runtime import derive_seed, eval_mode, progress_bar, resolve_device
 from .distributed import DistContext
 from .ema import ModelEMA
 from .loader import GpuBatchLoader
@@ -52,11 +52,17 @@ class TrainResult:
     stopped_by: int | None = None  # the signal (SIGINT/SIGTERM) that stopped the run, state saved
 
 
-def _seed_for(*parts: int) -> int:
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value * 6364136223846793005 + int(part) + 1442695040888963407) % (1 << 63)
-    return value
+@dataclass
+class _Progress:
+    """Where a run stands: the position (epoch, step within it), the running sums of this epoch on this rank
+    (loss, correct, count), the best robust validation accuracy, the overfitting probe's best, finished epochs."""
+
+    epoch: int = 0
+    step: int = 0
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    best: float | None = None
+    probe_best: float | None = None
+    history: list[dict] = field(default_factory=list)
 
 
 class _StopFlag:
@@ -241,198 +247,263 @@ class Trainer:
             return self._run()
 
     def _run(self) -> TrainResult:
-        c, t, ctx = self.config, self.config.train, self.ctx
+        """The stages of a run, in order."""
         train, val = self._data()
-        data_sha256 = self.data_sha256 = train.digest() + (val.digest() if val is not None else "")
-        loader = GpuBatchLoader(train, self.batch_size * self.accumulate, device=self.device, shuffle=True, drop_last=True,
-                                augment=True, crop_padding=4, flip=True,
+        self.data_sha256 = train.digest() + (val.digest() if val is not None else "")
+        loader = self._loader(train)
+        model, optimizer, ema = self._build()
+        progress = self._restore(model, optimizer, ema)
+        self._open_folder(progress, len(loader))
+        net, train_net = self._update_network(model)
+        writer = self._tensorboard()
+        probe = self._probe(train)
+        self._log_start(model, train, val)
+        engine = self._engine(model, training_attacks=True)  # follows the weights as they change
+        with _StopFlag() as stop:
+            interrupted = self._train_epochs(loader, model, net, train_net, engine, optimizer, ema, progress, stop,
+                                             val, probe, writer)
+        self._finish(model, ema, progress, interrupted)
+        if writer is not None:
+            writer.close()
+        return TrainResult(self.folder, progress.epoch >= self.total_epochs, progress.epoch, progress.step,
+                           progress.best, progress.history, stopped_by=stop.signum if interrupted else None)
+
+    # ------------------------------------------------------------------ stages
+    def _loader(self, train: ImageArrayDataset) -> GpuBatchLoader:
+        c, ctx = self.config, self.ctx
+        loader = GpuBatchLoader(train, self.batch_size * self.accumulate, device=self.device, shuffle=True,
+                                drop_last=True, augment=True, crop_padding=4, flip=True,
                                 cutout_length=c.data.cutout_length if c.data.cutout else 0, seed=c.seed,
                                 rank=ctx.rank, world_size=ctx.world_size)
-        steps_per_epoch = len(loader)
-        if steps_per_epoch < 1:
+        if len(loader) < 1:
             raise RobnetsError(f"{len(train)} training images make no batch of {self.global_batch}; lower "
                                f"the batch size or raise train.train_size")
+        return loader
 
-        torch.manual_seed(c.seed)
-        model = create_model(c.model.name, **c.model.model_kwargs()).to(self.device)
+    def _build(self) -> tuple[nn.Module, torch.optim.Optimizer, ModelEMA | None]:
+        t = self.config.train
+        model = build_model(self.config, self.device)
         model = model.to(memory_format=torch.channels_last)  # faster depthwise convs on CPU and GPU
         optimizer = build_optimizer(model, lr=self.base_lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                     no_wd=t.no_wd)
         ema = ModelEMA(model, t.ema_decay) if t.ema_decay else None
+        return model, optimizer, ema
 
-        epoch, step, best, history = 0, 0, None, []
-        sums = [0.0, 0.0, 0.0]  # loss sum, correct, count (this epoch, this rank)
-        probe_best = None
-        if self._resume_state is not None:  # everything is checked before anything in the folder changes
-            s = self._resume_state
-            self._check_resume_state(model, s, data_sha256)
-            model.load_state_dict(s["model"])
-            try:
-                optimizer.load_state_dict(s["optimizer"])
-            except (ValueError, KeyError) as exc:
-                raise RobnetsError(f"--resume {self.folder}: the saved optimizer state does not fit this config "
-                                   f"({exc}); resume without overrides that change the model or optimizer") from None
-            if ema is not None and "ema" in s:
-                ema.load_state_dict(s["ema"])
-            epoch, step = int(s["epoch"]), int(s["step"])
-            best = s.get("best_val_robust")
-            probe_best = s.get("probe_best")
-            sums = [float(v) for v in s["sums"]]
-            history = json.loads(s.get("history", "[]"))
-            torch.set_rng_state(s["rng_cpu"])
-        if ctx.is_main:
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEMA | None) -> _Progress:
+        """Where the run stands: the start, or the saved state (checked before anything in the folder changes)."""
+        progress = _Progress()
+        s = self._resume_state
+        if s is None:
+            return progress
+        self._check_resume_state(model, s, self.data_sha256)
+        model.load_state_dict(s["model"])
+        try:
+            optimizer.load_state_dict(s["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise RobnetsError(f"--resume {self.folder}: the saved optimizer state does not fit this config "
+                               f"({exc}); resume without overrides that change the model or optimizer") from None
+        if ema is not None and "ema" in s:
+            ema.load_state_dict(s["ema"])
+        progress.epoch, progress.step = int(s["epoch"]), int(s["step"])
+        progress.best = s.get("best_val_robust")
+        progress.probe_best = s.get("probe_best")
+        progress.sums = [float(v) for v in s["sums"]]
+        progress.history = json.loads(s.get("history", "[]"))
+        torch.set_rng_state(s["rng_cpu"])
+        return progress
+
+    def _open_folder(self, progress: _Progress, steps_per_epoch: int) -> None:
+        """The resolved config (a resume may override), and metrics.jsonl holding exactly the finished epochs."""
+        if self.ctx.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.folder / "config.yaml")  # the resolved config (a resume may override)
-        ctx.barrier()
+            save_config(self.config, self.folder / "config.yaml")
+        self.ctx.barrier()
         if self._resume_state is not None:
-            self.log(f"resuming {self.folder} at epoch {epoch}, step {step}/{steps_per_epoch}")
-            if ctx.is_main:  # metrics.jsonl holds exactly the finished epochs
-                write_text_atomic(self.folder / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            self.log(f"resuming {self.folder} at epoch {progress.epoch}, step {progress.step}/{steps_per_epoch}")
+            if self.ctx.is_main:
+                write_text_atomic(self.folder / "metrics.jsonl",
+                                  "".join(json.dumps(h) + "\n" for h in progress.history))
 
+    def _update_network(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(DDP wrapper or the model, what the weight update runs: compiled by train.compile, sharing the
+        model's parameters)."""
+        t = self.config.train
         net = model
-        if ctx.enabled:
+        if self.ctx.enabled:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        train_net = net  # what the weight update runs: compiled by train.compile (shares model's parameters)
+        train_net = net
         if t.compile:
-            from .. import acceleration
+            from ..acceleration import compile_backend_from_environment, compile_for_training
 
-            train_net = acceleration.compile_for_training(net)
-            backend = acceleration.compile_backend_from_environment()
+            train_net = compile_for_training(net)
+            backend = compile_backend_from_environment()
             attacks_too = t.fast_attack and not self.settings.attack_train_mode and isinstance(model, RobNet)
             self.log("train.compile: the weight update's forward/backward"
                      + (" and the attack engine" if attacks_too else "")
                      + f" run through torch.compile ({backend}); the first steps compile (minutes)")
-        writer = None
-        if t.tensorboard and ctx.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise RobnetsError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
-            writer = SummaryWriter(str(self.folder / "tensorboard"))
+        return net, train_net
 
-        probe_size = min(len(train), t.co_probe_size)
-        probe = train.batch(0, probe_size) if t.method in SINGLE_STEP and probe_size > 0 else None
+    def _tensorboard(self):  # noqa: ANN202
+        if not (self.config.train.tensorboard and self.ctx.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RobnetsError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.folder / "tensorboard"))
+
+    def _probe(self, train: ImageArrayDataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A fixed training batch whose PGD-10 accuracy reveals catastrophic overfitting (single-step methods)."""
+        t = self.config.train
+        size = min(len(train), t.co_probe_size)
+        return train.batch(0, size) if t.method in SINGLE_STEP and size > 0 else None
+
+    def _log_start(self, model: nn.Module, train: ImageArrayDataset, val: ImageArrayDataset | None) -> None:
+        c, t = self.config, self.config.train
         self.log(f"training {c.model.name} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
                  f"{c.data.dataset} ({len(train)} images, {len(val) if val else 0} held out) with {t.method}, "
-                 f"eps {c.attack.eps:.5f}, global batch {self.global_batch} over {ctx.world_size} process(es), "
-                 f"lr {self.base_lr:.5g}{' (scaled to the batch)' if t.scale_lr else ''}, {self.total_epochs} epochs, {self.device}, {t.precision}")
-        # follows the weights as they change (folded parameters re-derived, in place when compiled)
-        engine = self._engine(model, training_attacks=True)
-        steps_done = 0
-        interrupted = False
-        with _StopFlag() as stop:
-            while epoch < self.total_epochs:
-                loader.set_epoch(epoch)
-                start_time, first_step = time.perf_counter(), step
-                bar = progress_bar(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
-                                   enabled=self.progress, leave=False, dynamic_ncols=True)
-                for x, y in loader.iter_from(step):
-                    lr = self._lr(epoch, step, steps_per_epoch)
-                    set_learning_rate(optimizer, lr)
-                    optimizer.zero_grad(set_to_none=True)
-                    micro = list(zip(x.chunk(self.accumulate), y.chunk(self.accumulate)))
-                    for m, (xm, ym) in enumerate(micro):
-                        # randomness of shard (rank, micro-batch): equal for DDP rank r and micro-batch r
-                        generator = torch.Generator(device=self.device).manual_seed(
-                            _seed_for(c.seed, epoch, step, ctx.rank * self.accumulate + m))
-                        attack_model = model if self.settings.attack_train_mode else engine
-                        if self.settings.attack_train_mode:
-                            model.train()
-                        x_in = make_inputs(attack_model, xm, ym, self.settings, generator)
-                        model.train()
-                        sync = contextlib.nullcontext() if (m == len(micro) - 1 or not ctx.enabled) else net.no_sync()
-                        with sync:
-                            loss, logits = training_loss(train_net, xm, x_in, ym, self.settings)
-                            (loss / len(micro)).backward()
-                        sums[0] += loss.item() * ym.shape[0]
-                        sums[1] += (logits.argmax(1) == ym).sum().item()
-                        sums[2] += ym.shape[0]
-                    optimizer.step()
-                    if ema is not None:
-                        ema.update(model)
-                    step += 1
-                    steps_done += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}%",
-                                    lr=f"{lr:.4g}")
-                    if not math.isfinite(loss.item()):
-                        raise RobnetsError(f"training diverged (loss {loss.item()}) at epoch {epoch}, step {step}; "
-                                           f"lower train.lr")
-                    want_stop = stop.raised or (t.max_steps is not None and steps_done >= t.max_steps)
-                    periodic = t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
-                    if want_stop or (periodic and step < steps_per_epoch):
-                        self._save_state(self._state(model, optimizer, ema, epoch, step, best, probe_best,
-                                                     sums, history))
-                    if want_stop:
-                        interrupted = True
-                        break
-                bar.close()
-                if interrupted:
-                    break
-                # ---- end of epoch: reduce metrics, validate, detect collapse, checkpoint
-                seconds = time.perf_counter() - start_time
-                loss_sum, correct, count = ctx.all_reduce_sum(sums, self.device)
-                record: dict[str, Any] = {
-                    "epoch": epoch + 1, "lr": self._lr(epoch, 0, steps_per_epoch),
-                    "train_loss": loss_sum / count, "train_adv_acc": 100 * correct / count,
-                    "seconds": round(seconds, 2),
-                    # images this process trained on in this epoch since it started (a resumed epoch counts less)
-                    "images_per_s": round((step - first_step) * self.global_batch / seconds, 1)}
-                if ctx.is_main:
-                    eval_model = ema.module if ema is not None else model
-                    if val is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == self.total_epochs):
-                        record.update(self._validate(eval_model, val))
-                        if best is None or record["val_robust"] > best:
-                            best = record["val_robust"]
-                            self._save_weights(eval_model, "best.safetensors",
-                                               {"epoch": epoch + 1, "val_robust": best, "val_clean": record["val_clean"],
-                                                "method": t.method})
-                            record["best"] = True
-                    if probe is not None:
-                        px, py = probe[0].to(self.device), probe[1].to(self.device)
-                        acc = self._probe_batch_accuracy(model, px, py)
-                        record["probe_pgd10_acc"] = acc
-                        if probe_best is not None and acc < probe_best - 100 * t.co_drop:
-                            record["catastrophic_overfitting"] = True
-                            self.log(f"WARNING catastrophic overfitting: PGD-10 accuracy on a training batch fell "
-                                     f"from {probe_best:.1f}% to {acc:.1f}% at epoch {epoch + 1}; best.safetensors "
-                                     f"keeps the weights from before; try nfgsm, a smaller fgsm_step or smaller eps")
-                        probe_best = acc if probe_best is None else max(probe_best, acc)
-                    history.append(record)
-                    with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    if writer is not None:
-                        for key, value in record.items():
-                            if isinstance(value, (int, float)) and key != "epoch":
-                                writer.add_scalar(key, value, epoch + 1)
-                    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in record.items() if k != "epoch")
-                    self.log(f"epoch {epoch + 1}/{self.total_epochs}: {shown}")
-                epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0.0]
-                self._save_state(self._state(model, optimizer, ema, epoch, step, best, probe_best, sums, history))
-                ctx.barrier()
-                if ctx.is_main and history and history[-1].get("catastrophic_overfitting") and t.stop_on_co:
-                    self.log("stopping: catastrophic overfitting (train.stop_on_co)")
-                    break
+                 f"eps {c.attack.eps:.5f}, global batch {self.global_batch} over {self.ctx.world_size} process(es), "
+                 f"lr {self.base_lr:.5g}{' (scaled to the batch)' if t.scale_lr else ''}, {self.total_epochs} "
+                 f"epochs, {self.device}, {t.precision}")
 
-        completed = epoch >= self.total_epochs
+    def _train_epochs(self, loader, model, net, train_net, engine, optimizer, ema, progress, stop, val, probe,  # noqa: ANN001
+                      writer) -> bool:  # noqa: ANN001
+        """Epochs until the end, a stop signal, train.max_steps or catastrophic overfitting (train.stop_on_co);
+        True when stopped mid-run (state saved)."""
+        t = self.config.train
+        steps_per_epoch = len(loader)
+        steps_done = 0
+        while progress.epoch < self.total_epochs:
+            loader.set_epoch(progress.epoch)
+            start_time, first_step = time.perf_counter(), progress.step
+            bar = progress_bar(total=steps_per_epoch, initial=progress.step,
+                               desc=f"epoch {progress.epoch + 1}/{self.total_epochs}", enabled=self.progress,
+                               leave=False, dynamic_ncols=True)
+            for x, y in loader.iter_from(progress.step):
+                lr = self._lr(progress.epoch, progress.step, steps_per_epoch)
+                loss = self._train_step(x, y, model, net, train_net, engine, optimizer, ema, progress, lr)
+                steps_done += 1
+                bar.update(1)
+                sums = progress.sums
+                bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}%", lr=f"{lr:.4g}")
+                if not math.isfinite(loss):
+                    raise RobnetsError(f"training diverged (loss {loss}) at epoch {progress.epoch}, step "
+                                       f"{progress.step}; lower train.lr")
+                want_stop = stop.raised or (t.max_steps is not None and steps_done >= t.max_steps)
+                periodic = t.checkpoint_every_steps and progress.step % t.checkpoint_every_steps == 0
+                if want_stop or (periodic and progress.step < steps_per_epoch):
+                    self._save_state(self._state(model, optimizer, ema, progress))
+                if want_stop:
+                    bar.close()
+                    return True
+            bar.close()
+            self._end_epoch(model, optimizer, ema, progress, val, probe, writer, steps_per_epoch,
+                            time.perf_counter() - start_time, progress.step - first_step)
+            history = progress.history
+            if self.ctx.is_main and history and history[-1].get("catastrophic_overfitting") and t.stop_on_co:
+                self.log("stopping: catastrophic overfitting (train.stop_on_co)")
+                break
+        return False
+
+    def _train_step(self, x, y, model, net, train_net, engine, optimizer, ema, progress, lr) -> float:  # noqa: ANN001
+        """One optimizer step over a (global) batch in train.accumulate micro-batches; returns the last loss."""
+        c, ctx = self.config, self.ctx
+        set_learning_rate(optimizer, lr)
+        optimizer.zero_grad(set_to_none=True)
+        micro = list(zip(x.chunk(self.accumulate), y.chunk(self.accumulate)))
+        for m, (xm, ym) in enumerate(micro):
+            # randomness of shard (rank, micro-batch): equal for DDP rank r and micro-batch r
+            generator = torch.Generator(device=self.device).manual_seed(
+                derive_seed(c.seed, progress.epoch, progress.step, ctx.rank * self.accumulate + m))
+            attack_model = model if self.settings.attack_train_mode else engine
+            if self.settings.attack_train_mode:
+                model.train()
+            x_in = make_inputs(attack_model, xm, ym, self.settings, generator)
+            model.train()
+            sync = contextlib.nullcontext() if (m == len(micro) - 1 or not ctx.enabled) else net.no_sync()
+            with sync:
+                loss, logits = training_loss(train_net, xm, x_in, ym, self.settings)
+                (loss / len(micro)).backward()
+            progress.sums[0] += loss.item() * ym.shape[0]
+            progress.sums[1] += (logits.argmax(1) == ym).sum().item()
+            progress.sums[2] += ym.shape[0]
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        progress.step += 1
+        return loss.item()
+
+    def _end_epoch(self, model, optimizer, ema, progress, val, probe, writer, steps_per_epoch, seconds,  # noqa: ANN001
+                   steps_here) -> None:  # noqa: ANN001
+        """Reduce the epoch's metrics over ranks, validate (keeping best.safetensors), probe for catastrophic
+        overfitting, record the epoch, save the state."""
+        t, ctx = self.config.train, self.ctx
+        epoch = progress.epoch
+        loss_sum, correct, count = ctx.all_reduce_sum(progress.sums, self.device)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "lr": self._lr(epoch, 0, steps_per_epoch),
+            "train_loss": loss_sum / count, "train_adv_acc": 100 * correct / count,
+            "seconds": round(seconds, 2),
+            # images this process trained on in this epoch since it started (a resumed epoch counts less)
+            "images_per_s": round(steps_here * self.global_batch / seconds, 1)}
+        if ctx.is_main:
+            eval_model = ema.module if ema is not None else model
+            if val is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == self.total_epochs):
+                record.update(self._validate(eval_model, val))
+                if progress.best is None or record["val_robust"] > progress.best:
+                    progress.best = record["val_robust"]
+                    self._save_weights(eval_model, "best.safetensors",
+                                       {"epoch": epoch + 1, "val_robust": progress.best,
+                                        "val_clean": record["val_clean"], "method": t.method})
+                    record["best"] = True
+            if probe is not None:
+                self._check_overfitting(model, probe, record, progress)
+            progress.history.append(record)
+            with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "epoch":
+                        writer.add_scalar(key, value, epoch + 1)
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in record.items() if k != "epoch")
+            self.log(f"epoch {epoch + 1}/{self.total_epochs}: {shown}")
+        progress.epoch, progress.step, progress.sums = epoch + 1, 0, [0.0, 0.0, 0.0]
+        self._save_state(self._state(model, optimizer, ema, progress))
+        ctx.barrier()
+
+    def _check_overfitting(self, model: nn.Module, probe: tuple[torch.Tensor, torch.Tensor], record: dict,
+                           progress: _Progress) -> None:
+        t = self.config.train
+        px, py = probe[0].to(self.device), probe[1].to(self.device)
+        acc = self._probe_batch_accuracy(model, px, py)
+        record["probe_pgd10_acc"] = acc
+        if progress.probe_best is not None and acc < progress.probe_best - 100 * t.co_drop:
+            record["catastrophic_overfitting"] = True
+            self.log(f"WARNING catastrophic overfitting: PGD-10 accuracy on a training batch fell from "
+                     f"{progress.probe_best:.1f}% to {acc:.1f}% at epoch {record['epoch']}; best.safetensors keeps "
+                     f"the weights from before; try nfgsm, a smaller fgsm_step or smaller eps")
+        progress.probe_best = acc if progress.probe_best is None else max(progress.probe_best, acc)
+
+    def _finish(self, model: nn.Module, ema: ModelEMA | None, progress: _Progress, interrupted: bool) -> None:
         if interrupted:
-            self.log(f"stopped at epoch {epoch}, step {step}; state saved: resume with --resume {self.folder}")
-        elif ctx.is_main:
+            self.log(f"stopped at epoch {progress.epoch}, step {progress.step}; state saved: resume with "
+                     f"--resume {self.folder}")
+        elif self.ctx.is_main:
             final_model = ema.module if ema is not None else model
             path = self._save_weights(final_model, "final.safetensors",
-                                      {"epochs": epoch, "method": t.method, "best_val_robust": best})
+                                      {"epochs": progress.epoch, "method": self.config.train.method,
+                                       "best_val_robust": progress.best})
+            best = progress.best
             self.log(f"done: {path}" + (f" (best robust validation accuracy {best:.2f}%)" if best is not None else ""))
-        if writer is not None:
-            writer.close()
-        return TrainResult(self.folder, completed, epoch, step, best, history,
-                           stopped_by=stop.signum if interrupted else None)
 
-    def _state(self, model, optimizer, ema, epoch, step, best, probe_best, sums, history) -> dict:  # noqa: ANN001
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-                 "best_val_robust": best, "probe_best": probe_best, "sums": torch.tensor(sums, dtype=torch.float64),
-                 "history": json.dumps(history), "rng_cpu": torch.get_rng_state(), "data_sha256": self.data_sha256}
+    def _state(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
+               progress: _Progress) -> dict:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": progress.epoch,
+                 "step": progress.step, "best_val_robust": progress.best, "probe_best": progress.probe_best,
+                 "sums": torch.tensor(progress.sums, dtype=torch.float64), "history": json.dumps(progress.history),
+                 "rng_cpu": torch.get_rng_state(), "data_sha256": self.data_sha256}
         if ema is not None:
             state["ema"] = ema.state_dict()
         return state
