@@ -19,7 +19,7 @@ from robnets.attacks import AutoAttack
 from robnets.data import load_dataset
 from robnets.errors import RobnetsError
 from robnets.io import sha256_file, write_json_atomic
-from robnets.models.checkpoint import load_model
+from robnets.models.loading import load_model
 
 
 def main() -> int:
