@@ -2,13 +2,13 @@
 # Re-test part 3: train the four finalists from scratch with one recipe and evaluate them on the CIFAR-10
 # test set. Every step resumes or is skipped when its result exists.
 # Usage (from the repository root): bash studies/search_retest/finalists.sh [DATA_DIR] [SEEDS]
-#   DATA_DIR default ../shared/data/cifar10; SEEDS default "0" (e.g. "0 1" for the spread across seeds)
+#   DATA_DIR default $ROBNETS_DATA/cifar10, else data/cifar10; SEEDS default "0" (e.g. "0 1" for the spread across seeds)
 # Evaluation: clean on all 10,000 test images, PGD-20 on the first $PGD_N (default 2000), and the reference
 # AutoAttack (the reference implementation, pyautoattack; standard, Linf 8/255) on the first $AA_N (default 200)
 # for seed 0.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-DATA="${1:-../shared/data/cifar10}"
+DATA="${1:-${ROBNETS_DATA:-data}/cifar10}"
 SEEDS="${2:-0}"
 PGD_N="${PGD_N:-2000}"
 AA_N="${AA_N:-200}"

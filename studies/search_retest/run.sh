@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The search part of the re-test, start to finish; every step resumes where an earlier call stopped.
-# Usage (from the repository root): bash studies/search_retest/run.sh [DATA_DIR]   (default ../shared/data/cifar10)
+# Usage (from the repository root): bash studies/search_retest/run.sh [DATA_DIR]   (default $ROBNETS_DATA/cifar10, else data/cifar10)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-DATA="${1:-../shared/data/cifar10}"
+DATA="${1:-${ROBNETS_DATA:-data}/cifar10}"
 ROBNETS="${ROBNETS:-.venv/bin/robnets}"
 HERE=studies/search_retest
 search() {  # search NAME: start it, or resume its run folder

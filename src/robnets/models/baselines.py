@@ -35,6 +35,25 @@ def _norm_config(mean: Sequence[float] | None, std: Sequence[float] | None) -> d
     return dict(mean=list(mean) if mean is not None else None, std=list(std) if std is not None else None)
 
 
+class _PooledClassifier(nn.Module):
+    """Shared head of the baselines: normalize inside the model, :meth:`feature_map`, global average pooling,
+    the linear classifier ``self.linear``."""
+
+    linear: nn.Linear
+    normalize: nn.Module
+
+    @property
+    def num_classes(self) -> int:
+        return self.linear.out_features
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.adaptive_avg_pool2d(self.feature_map(self.normalize(x)), 1)
+        return self.linear(out.flatten(1))
+
+
 class PreActBlock(nn.Module):
     """Pre-activation basic block (He et al., 2016): BN-ReLU-conv twice, projection shortcut when needed."""
 
@@ -58,7 +77,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(_PooledClassifier):
     def __init__(self, num_blocks: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10,
                  mean: Sequence[float] | None = CIFAR10_MEAN, std: Sequence[float] | None = CIFAR10_STD) -> None:
         super().__init__()
@@ -75,14 +94,8 @@ class PreActResNet(nn.Module):
         self.linear = nn.Linear(512, num_classes)
         self.config = dict(num_classes=num_classes, **_norm_config(mean, std))
 
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(self.conv1(self.normalize(x)))
-        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
-        return self.linear(out.flatten(1))
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.layers(self.conv1(x))))
 
 
 @register_model(description="PreActResNet-18 (CIFAR), the fast-adversarial-training baseline; CIFAR-10 normalization inside")
@@ -144,7 +157,7 @@ class Bottleneck(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(_PooledClassifier):
     """CIFAR ResNet (kuangliu/pytorch-cifar layout): 3x3 stride-1 stem, no max-pool, stages of width
     64-512 (x block expansion), global average pooling, linear classifier."""
 
@@ -164,14 +177,8 @@ class ResNet(nn.Module):
         self.linear = nn.Linear(512 * block.expansion, num_classes)
         self.config = dict(num_classes=num_classes, **_norm_config(mean, std))
 
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(self.normalize(x))))
-        out = F.adaptive_avg_pool2d(self.layers(out), 1)
-        return self.linear(out.flatten(1))
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(F.relu(self.bn1(self.conv1(x))))
 
 
 @register_model(description="ResNet-18 (CIFAR, kuangliu layout); CIFAR-10 normalization inside")
@@ -213,7 +220,7 @@ class WideBasicBlock(nn.Module):
         return self.conv2(out) + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(_PooledClassifier):
     """WideResNet-depth-widen (CIFAR): 3x3 stem of 16 channels, three groups of (depth - 4) / 6 wide blocks
     of width 16k, 32k, 64k (strides 1, 2, 2), final BN-ReLU, global average pooling, linear classifier."""
 
@@ -242,14 +249,8 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         self.config = dict(num_classes=num_classes, dropout=dropout, **_norm_config(mean, std))
 
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(self.conv1(self.normalize(x)))
-        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
-        return self.linear(out.flatten(1))
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.layers(self.conv1(x))))
 
 
 @register_model(description="WideResNet-28-10 (CIFAR), the Madry/TRADES baseline; CIFAR-10 normalization inside")
@@ -288,7 +289,7 @@ class Transition(nn.Module):
         return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(_PooledClassifier):
     """CIFAR DenseNet-BC (kuangliu/pytorch-cifar layout): 3x3 stem of 2k channels, four dense blocks with
     compressing transitions between them, final BN-ReLU, global average pooling, linear classifier."""
 
@@ -315,14 +316,8 @@ class DenseNet(nn.Module):
         self.linear = nn.Linear(planes, num_classes)
         self.config = dict(num_classes=num_classes, **_norm_config(mean, std))
 
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.features(self.conv1(self.normalize(x)))
-        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1)
-        return self.linear(out.flatten(1))
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.features(self.conv1(x))))
 
 
 @register_model(description="DenseNet-121 (CIFAR, kuangliu layout, growth 32); CIFAR-10 normalization inside")

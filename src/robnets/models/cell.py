@@ -34,6 +34,12 @@ def run_nodes(states: list[torch.Tensor], nodes: Sequence[Sequence[tuple[int, Ed
     return torch.cat(states[-multiplier:], dim=1)
 
 
+def preprocessing(c_prev_prev: int, c_prev: int, channels: int, reduction_prev: bool) -> tuple[nn.Module, nn.Module]:
+    """The two input adapters of a cell: the older input halved in resolution when the previous cell reduced."""
+    first = FactorizedReduce(c_prev_prev, channels) if reduction_prev else ReLUConvBN(c_prev_prev, channels, 1, 1, 0)
+    return first, ReLUConvBN(c_prev, channels, 1, 1, 0)
+
+
 class Cell(nn.Module):
     """One cell built from a :class:`CellGenotype`.
 
@@ -60,11 +66,7 @@ class Cell(nn.Module):
         self.steps = steps
         self.multiplier = multiplier
         self.reference_mode = False
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0)
+        self.preprocess0, self.preprocess1 = preprocessing(c_prev_prev, c_prev, channels, reduction_prev)
         self._ops = nn.ModuleList()  # the name is part of the original checkpoints' keys
         for node in genotype.node_edges():
             for j, code in enumerate(node):

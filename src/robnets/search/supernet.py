@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from ..errors import RobnetsError
-from ..models.cell import run_nodes
+from ..models.cell import preprocessing, run_nodes
 from ..models.genotype import CellGenotype, EdgeOp, Genotype
 from ..models.network import InputNormalization, RobNet
-from ..models.ops import FactorizedReduce, Identity, ReLUConvBN, SepConv
+from ..models.ops import FactorizedReduce, Identity, SepConv
 
 SKIP_BIT, CONV_BIT = 0, 1  # positions in a mask's last dimension (code bit order: skip, conv)
 
@@ -75,11 +75,7 @@ class SuperCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.multiplier = multiplier
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0)
+        self.preprocess0, self.preprocess1 = preprocessing(c_prev_prev, c_prev, channels, reduction_prev)
         self._ops = nn.ModuleList()
         self.edges: list[list[SuperEdge]] = []  # per node, the edge from each earlier state
         for i in range(steps):
