@@ -396,20 +396,12 @@ def _exit_status(stopped_by: int | None) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .runtime import resolve_device
-    from .search import Search
-    from .training.distributed import init_distributed, shutdown
+    from .search.driver import rescore_search, run_search
 
     overrides = list(args.overrides) + ([f"search.device={args.device}"] if args.device else [])
-    folder = args.output_dir
     if args.rescore is not None:
-        saved = Path(args.rescore) / "config.yaml"
-        if not saved.is_file():
-            raise RobnetsError(f"--rescore {args.rescore}: expected a finished search folder holding config.yaml")
-        search = Search(load_config(saved, overrides), output_dir=args.rescore, data_dir=args.data_dir,
-                        progress=not args.no_progress)
-        floor = search.rescore(args.candidates, args.finetune_seed)
+        search, floor = rescore_search(args.rescore, overrides, args.candidates, args.finetune_seed,
+                                       data_dir=args.data_dir, progress=not args.no_progress)
         if floor is None:
             print(f"re-scoring stopped: run the same command to continue ({args.rescore})")
             return _exit_status(search.stop_signal or signal.SIGTERM)
@@ -418,23 +410,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"noise floor ({floor['n']} candidates, fine-tuning seeds {floor['finetune_seeds']}), adversarial "
               f"accuracy of the two scorings: {describe(floor['adv'])}; {Path(args.rescore) / 'noise_floor.json'}")
         return 0
-    if args.resume is not None:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise RobnetsError(f"--resume {args.resume}: expected a search folder holding config.yaml")
-        config, folder = load_config(saved, overrides), args.resume
-    else:
-        if args.config is None:
-            raise RobnetsError("robnets search needs --config FILE (e.g. experiments/search_cifar10/config.yaml) "
-                               "or --resume FOLDER")
-        config = load_config(args.config, overrides)
-    ctx = init_distributed(resolve_device(config.search.device).type, required=args.distributed)
-    try:
-        result = Search(config, output_dir=folder, data_dir=args.data_dir, ctx=ctx,
-                        progress=not args.no_progress).run()
-    finally:
-        shutdown(ctx)
-    if ctx.is_main:
+    result, is_main = run_search(args.config, overrides, output_dir=args.output_dir, data_dir=args.data_dir,
+                                 resume=args.resume, distributed=args.distributed, progress=not args.no_progress)
+    if is_main:
         if result.completed and result.best is not None:
             print(f"best architecture: {result.best['genotype']} (clean {result.best['clean']:.1f}%, "
                   f"adversarial {result.best['adv']:.1f}%, n={result.best['n']})")
