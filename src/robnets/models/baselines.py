@@ -55,16 +55,18 @@ class _PooledClassifier(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block (He et al., 2016): BN-ReLU-conv twice, projection shortcut when needed."""
+    """Pre-activation basic block (He et al., 2016): BN-ReLU-conv3x3, BN-ReLU-(dropout)-conv3x3; a 1x1
+    projection of the activated input as shortcut when the width or resolution changes."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.dropout = dropout
         self.shortcut = None
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -72,9 +74,10 @@ class PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
+        out = F.relu(self.bn2(self.conv1(out)))
+        if self.dropout > 0:
+            out = F.dropout(out, p=self.dropout, training=self.training)
+        return self.conv2(out) + shortcut
 
 
 class PreActResNet(_PooledClassifier):
@@ -196,28 +199,8 @@ def resnet50(num_classes: int = 10, mean: list[float] | None = list(CIFAR10_MEAN
 
 
 # -------------------------------------------------------------------------------------------- WideResNet
-class WideBasicBlock(nn.Module):
-    """Pre-activation wide basic block (Zagoruyko & Komodakis, 2016): BN-ReLU-conv3x3, BN-ReLU-dropout-conv3x3;
-    a 1x1 projection of the activated input as shortcut when the width or resolution changes."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.dropout = dropout
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = F.relu(self.bn2(self.conv1(out)))
-        if self.dropout > 0:
-            out = F.dropout(out, p=self.dropout, training=self.training)
-        return self.conv2(out) + shortcut
+class WideBasicBlock(PreActBlock):
+    """The wide block of Zagoruyko & Komodakis (2016): the pre-activation block with dropout between its convs."""
 
 
 class WideResNet(_PooledClassifier):
