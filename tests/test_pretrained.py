@@ -38,6 +38,13 @@ def test_every_registry_entry_matches_its_shipped_file(entry):
     for key in ("clean", "pgd20"):
         assert entry.measured[key].n > 0 and 0 < entry.measured[key].accuracy < 100
         assert float(meta[f"test_{key}"]) == pytest.approx(entry.measured[key].accuracy)
+    autoattack = entry.measured.get("autoattack")
+    if autoattack is not None:  # the reference cascade on at least 200 points, as the run recorded it
+        assert autoattack.n >= 200 and autoattack.accuracy <= entry.measured["pgd20"].accuracy + 5
+        result = json.loads((REPO / "docs" / "data" / "weights" / f"{entry.name}-autoattack.json").read_text())
+        (row,) = [r for r in result["results"] if r["attack"] == "autoattack"]
+        assert row["accuracy"] == pytest.approx(autoattack.accuracy, abs=0.005) and row["n"] == autoattack.n
+        assert result["weights"].find(entry.sha256[:16]) > 0
 
 
 def test_create_model_pretrained_by_flag_tag_and_full_name():

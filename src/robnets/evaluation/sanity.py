@@ -93,9 +93,10 @@ def check_eps_zero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision
         x_adv = PGD(model, eps=0.0, alpha=1e-3, steps=2, precision=precision)(x, y)
         adv = _accuracy(model, x_adv, y, precision)
     if abs(adv - clean) > 1e-9:
-        return SanityFlag("eps_zero", True, f"an attack with eps = 0 changed accuracy ({clean:.2f}% -> {adv:.2f}%): "
+        return SanityFlag("eps_zero", True, f"an attack with eps = 0 changed accuracy ({clean:.2f}% -> {adv:.2f}% on {len(y)} images): "
                           f"the attack or the model input handling is broken", {"clean": clean, "eps0": adv})
-    return SanityFlag("eps_zero", False, f"eps = 0 gives the clean accuracy ({clean:.2f}%)")
+    return SanityFlag("eps_zero", False, f"eps = 0 gives the clean accuracy ({clean:.2f}% on the first {len(y)} "
+                      f"images, those the sanity checks use)")
 
 
 def _pgd_acc(model, x, y, eps, steps, precision, seed=0) -> float:  # noqa: ANN001
