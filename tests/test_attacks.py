@@ -3,6 +3,7 @@ gradients, seeded determinism, batch-size independence, precision, device and dt
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -256,3 +257,46 @@ def test_deepfool_finds_the_boundary_of_a_linear_model():
     bounded = DeepFool(linear, eps=float(distance.min()) / 2)(x, y)  # every boundary beyond eps: no success
     with torch.no_grad():
         assert (linear(bounded).argmax(1) == y).all()
+
+
+def test_evaluation_keeps_per_example_correctness_for_paired_comparisons(tiny_robnet):
+    from robnets.attacks import PGD
+    from robnets.data import load_sample
+    from robnets.evaluation import evaluate
+
+    data = load_sample()
+    clean, pgd = evaluate(tiny_robnet, data, {"clean": None, "pgd": PGD(tiny_robnet, steps=2, seed=0)}, n=24,
+                          batch_size=10, progress=False, record_examples=True)
+    for result in (clean, pgd):
+        assert result.correct_mask.dtype == torch.bool and result.correct_mask.shape == (24,)
+        assert int(result.correct_mask.sum()) == result.correct and "correct_mask" not in result.to_dict()
+    x, y = data.batch(0, 24)
+    with torch.no_grad():
+        assert torch.equal(clean.correct_mask, tiny_robnet(x).argmax(1) == y)
+    plain, = evaluate(tiny_robnet, data, {"clean": None}, n=24, progress=False)
+    assert plain.correct_mask is None and plain.correct == clean.correct
+
+
+def test_paired_comparisons_equal_their_textbook_definitions():
+    from scipy import stats
+
+    from robnets.errors import RobnetsError
+    from robnets.evaluation import mcnemar, paired_difference
+
+    a = np.array([1, 1, 0, 1, 0, 1, 1, 0, 1, 1] * 10, dtype=bool)
+    b = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 1] * 10, dtype=bool)
+    m = mcnemar(a, b)
+    assert (m["n"], m["only_a"], m["only_b"]) == (100, 30, 10)
+    assert m["difference"] == pytest.approx(20.0) and m["difference_ci"][0] < 20 < m["difference_ci"][1]
+    assert m["p"] == pytest.approx(stats.binomtest(30, 40, 0.5).pvalue) and m["p"] < 0.01
+    assert mcnemar(a, a)["p"] == 1.0 and mcnemar(a, a)["difference"] == 0
+    d = paired_difference([27.3, 26.7, 28.0], [24.2, 25.6, 25.0])
+    diffs = np.array([3.1, 1.1, 3.0])
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert d["mean"] == pytest.approx(diffs.mean()) and d["ci"] == pytest.approx([diffs.mean() - half,
+                                                                                  diffs.mean() + half])
+    assert d["p"] == pytest.approx(stats.ttest_1samp(diffs, 0).pvalue)
+    with pytest.raises(RobnetsError, match="same points"):
+        mcnemar(a, b[:5])
+    with pytest.raises(RobnetsError, match="at least two"):
+        paired_difference([1.0], [0.0])

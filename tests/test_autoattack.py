@@ -209,3 +209,45 @@ def test_bad_arguments_fail_with_one_clear_line(trained):
             AutoAttack(model, **kwargs)
     with pytest.raises(RobnetsError, match=r"\[0, 1\]"):
         AutoAttack(model, log=None).run_standard_evaluation(x[:4] * 2, y[:4])
+
+
+@pytest.mark.slow
+def test_a_cascade_stopped_after_an_attack_is_its_first_stages_and_goes_on_later(trained, tmp_path):
+    """until='apgd-t' runs the version's first two attacks exactly as the whole version runs them (per-point
+    flags equal to a run of just those two), and the same state file later completes the whole cascade with
+    the result of an uninterrupted run; a state that went further is refused for an earlier stop."""
+    model, x, y = trained
+    x, y = x[:32], y[:32]
+    attacks = ["apgd-ce", "apgd-t", "square"]
+
+    def shrunk(**kw):
+        aa = AutoAttack(model, eps=EPS, log=None, **kw)
+        original = aa._reference
+
+        def reference(model_, device):
+            inner = original(model_, device)
+            inner.apgd.n_iter, inner.apgd_targeted.n_iter, inner.apgd_targeted.n_target_classes = 10, 10, 3
+            inner.square.n_queries = 200
+            return inner
+        aa._reference = reference
+        return aa
+
+    full = shrunk(version="custom", attacks=attacks)
+    x_full = full.run_standard_evaluation(x, y, bs=16)
+    first_two = shrunk(version="custom", attacks=attacks[:2])
+    first_two.run_standard_evaluation(x, y, bs=16)
+    state = tmp_path / "state.safetensors"
+    stopped = shrunk(version="custom", attacks=attacks)
+    stopped.run_standard_evaluation(x, y, bs=16, state_path=state, until="apgd-t")
+    assert [n for n, _ in stopped.robust_accuracy_history] == ["apgd-ce", "apgd-t"]
+    assert torch.equal(stopped.robust_flags, first_two.robust_flags)
+    assert torch.equal(stopped.clean_flags, full.clean_flags)
+    assert stopped.robust_accuracy == pytest.approx(stopped.robust_flags.float().mean().item())
+    later = shrunk(version="custom", attacks=attacks)
+    assert torch.equal(later.run_standard_evaluation(x, y, bs=16, state_path=state), x_full) and later.resumed
+    assert torch.equal(later.robust_flags, full.robust_flags)
+    with pytest.raises(RobnetsError, match="has gone past apgd-t"):
+        shrunk(version="custom", attacks=attacks).run_standard_evaluation(x, y, bs=16, state_path=state,
+                                                                         until="apgd-t")
+    with pytest.raises(RobnetsError, match="not an attack of this AutoAttack"):
+        shrunk(version="custom", attacks=attacks).run_standard_evaluation(x, y, bs=16, until="fab-t")

@@ -551,3 +551,26 @@ def test_labels_that_are_not_whole_numbers_are_refused_not_truncated(tmp_path):
         load_dataset("cifar10", "test", tmp_path)
     np.savez(folder / "test.npz", images=images, labels=np.array([1.0, 2.0, 3.0]))  # whole numbers as floats
     assert load_dataset("cifar10", "test", tmp_path).labels.tolist() == [1, 2, 3]
+
+
+def test_select_takes_examples_in_the_given_order_and_refuses_indices_outside():
+    from robnets.data import load_sample
+    from robnets.errors import DataError
+
+    sample = load_sample()
+    picked = sample.select([5, 0, 5])
+    assert len(picked) == 3 and picked.labels.tolist() == [int(sample.labels[i]) for i in (5, 0, 5)]
+    assert torch.equal(picked.batch(0, 1)[0], sample.batch(5, 6)[0])
+    with pytest.raises(DataError, match="indices must lie in"):
+        sample.select([len(sample)])
+
+
+def test_packed_bits_round_trip_compactly():
+    from robnets.io import pack_bits, unpack_bits
+
+    flags = np.random.default_rng(0).random(10_000) < 0.4
+    text = pack_bits(torch.from_numpy(flags))
+    assert len(text) == 1668 and np.array_equal(unpack_bits(text, 10_000), flags)
+    assert np.array_equal(unpack_bits(pack_bits([True, False, True]), 3), [True, False, True])
+    with pytest.raises(ValueError, match="not 9"):
+        unpack_bits(pack_bits([True] * 17), 9)

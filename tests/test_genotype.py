@@ -93,3 +93,58 @@ def test_cell_from_bit_string():
     assert cell == ROBNET_LARGE.cells[0]
     with pytest.raises(GenotypeError):
         CellGenotype.from_codes("1112")
+
+
+def test_live_nodes_effective_cells_and_inputs_read():
+    assert ROBNET_LARGE.cells[0].is_fully_live() and ROBNET_LARGE.effective() == ROBNET_LARGE
+    assert ROBNET_FREE.is_fully_live()
+    # node 2 has no input, so node 3 (fed only by node 2) is dead too; node 4 reads input 1 and feeds node 5
+    cell = CellGenotype.from_codes("0000-000001-00100000-0000000011")
+    assert cell.live_nodes() == [False, True, False, False, True, True]
+    assert str(cell.effective()) == "0000-000000-00100000-0000000011"
+    assert cell.reads_inputs() == (False, True) and not cell.is_fully_live()
+    assert cell.effective().effective() == cell.effective()  # idempotent
+    # every node fed and used, but input 0 never read: not fully live, nothing removed
+    one_input = CellGenotype.from_codes("0010-000010-00000010-0000000010")
+    assert all(one_input.live_nodes()[2:]) and one_input.reads_inputs() == (False, True)
+    assert not one_input.is_fully_live() and one_input.effective() == one_input
+    # with a smaller output (multiplier 2: the last two nodes), a node feeding neither of them is not used
+    unused = CellGenotype.from_codes("1000-010000-00010000-0000000100")
+    assert unused.live_nodes() == [True, True, True, True, True, True]
+    assert unused.live_nodes(multiplier=2) == [True, True, False, True, True, True]  # node 2 feeds neither
+    assert str(unused.effective(multiplier=2)) == "0000-010000-00010000-0000000100"
+
+
+@pytest.mark.parametrize("text", ["0000-000001-00100000-0000000011", "1100-000000-00100011-0000001100",
+                                  "0100-000000-00000000-0000000101"])
+def test_the_effective_cell_computes_what_the_cell_computes(text):
+    """Dropping the edges that carry no information changes nothing the network computes, in train and eval
+    mode: a node without input is all zeros and so is every convolution of it."""
+    import torch
+
+    from robnets.models import RobNet
+
+    torch.manual_seed(0)
+    raw = RobNet(text, C=4, layers=3)
+    effective = RobNet(str(Genotype.parse(text).effective()), C=4, layers=3)
+    kept = effective.state_dict()
+    assert set(kept) <= set(raw.state_dict())
+    effective.load_state_dict({k: v for k, v in raw.state_dict().items() if k in kept})
+    x = torch.rand(6, 3, 32, 32)
+    for train in (True, False):
+        raw.train(train), effective.train(train)
+        with torch.no_grad():
+            assert torch.allclose(raw(x), effective(x), atol=1e-6)
+    assert sum(p.numel() for p in effective.parameters()) < sum(p.numel() for p in raw.parameters())
+
+
+def test_odd_widths_build_and_only_the_imagenet_stem_needs_an_even_one():
+    import torch
+
+    from robnets.errors import RobnetsError
+    from robnets.models import RobNet
+
+    net = RobNet(ROBNET_LARGE, C=7, layers=5)
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(RobnetsError, match="C must be even with the ImageNet stem"):
+        RobNet(ROBNET_LARGE, C=7, layers=5, imagenet_stem=True)

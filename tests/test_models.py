@@ -168,8 +168,8 @@ def test_registry_errors_are_clear():
         robnets.create_model("robnet_fre")
     with pytest.raises(RobnetsError, match="has no argument 'channels'"):
         robnets.create_model("robnet_free", channels=4)
-    with pytest.raises(RobnetsError, match="C must be even"):
-        robnets.create_model("robnet_free", C=5)
+    with pytest.raises(RobnetsError, match="C must be even with the ImageNet stem"):
+        robnets.create_model("robnet_large_v1", C=5, imagenet_stem=True)
     with pytest.raises(RobnetsError, match="given twice"):
         robnets.create_model("robnet_free", AdPoolSize=1, adaptive_pool_size=1)
     with pytest.raises(RobnetsError, match="3 channels"):

@@ -118,6 +118,37 @@ def test_cell_fsp_losses_are_zero_for_identical_inputs_and_grow_with_the_perturb
     assert direct == pytest.approx(small, rel=1e-5)
 
 
+class _OneCell(torch.nn.Module):
+    """A one-cell "network" whose cell output is ``scale`` x its features repeated ``repeat`` times (a wider cell
+    computing the same thing)."""
+
+    def __init__(self, scale: float, repeat: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.cells = torch.nn.ModuleList([torch.nn.Conv2d(3, 5, 3, padding=1)])
+        self.scale, self.repeat = scale, repeat
+        hook = self.cells[0]
+        self.cells[0].forward = lambda s0, s1: self.scale * torch.cat([torch.tanh(hook._conv_forward(
+            s1, hook.weight, hook.bias))] * self.repeat, 1)
+
+    def forward(self, x):
+        return self.cells[0](x, x)
+
+
+def test_the_relative_fsp_loss_does_not_depend_on_width_or_activation_scale():
+    from robnets.search.fsp import cell_fsp_both
+
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, 8, 8)
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    (raw,), (relative,) = cell_fsp_both(_OneCell(1.0, 1), x, x_adv)
+    (raw_wide,), (relative_wide,) = cell_fsp_both(_OneCell(7.0, 3), x, x_adv)
+    assert raw_wide == pytest.approx(raw * 49 * 3, rel=1e-4)  # the raw loss grows with scale^2 and width
+    assert relative_wide == pytest.approx(relative, rel=1e-4) and 0 < relative < 1
+    assert cell_fsp_losses(_OneCell(1.0, 1), x, x_adv, relative=True) == [relative]
+    assert cell_fsp_both(_OneCell(1.0, 1), x, x) == ([0.0], [0.0])
+
+
 def test_density_and_convolution_counts():
     assert direct_edges(4) == [i in (1, 4, 8, 13) for i in range(14)]
     s = structure(Genotype.parse(LARGE))
@@ -127,9 +158,31 @@ def test_density_and_convolution_counts():
     assert s["convs_per_cell"] == 13  # all but the '10' at edge 8
     assert s["direct_convs_per_cell"] == 3  # direct edges 1, 4, 13 carry convs; edge 8 is the skip
     assert s["skip_edge_convs_per_cell"] == 10
-    sparse = structure(Genotype.parse("0000-000001-00000000-0000000011_" * 2 + "0000-000000-00000000-0000000000"))
-    assert sparse["density"] == pytest.approx(4 / 42)
-    assert sparse["convs_per_cell"] == pytest.approx(4 / 3) and sparse["direct_convs_per_cell"] == pytest.approx(4 / 3)
+    # nominally 4 of 42 edges, but every node is dead (node 2 has no input): nothing computes
+    dead = structure(Genotype.parse("0000-000001-00000000-0000000011_" * 2 + "0000-000000-00000000-0000000000"))
+    assert dead["nominal_density"] == pytest.approx(4 / 42) and dead["density"] == 0
+    assert dead["convs_per_cell"] == 0 and dead["live_nodes_per_cell"] == 0 and not dead["fully_live"]
+    # a sparse live cell: 0->2 conv, 1->3 skip, 2->4 conv (direct? no: 2->4 skips node 3), 4->5 res conv (direct)
+    sparse = structure(Genotype.parse("0100-001000-00000100-0000000011"))
+    assert sparse["density"] == pytest.approx(4 / 14) == sparse["nominal_density"] and sparse["fully_live"]
+    assert sparse["convs_per_cell"] == 3 and sparse["direct_convs_per_cell"] == 1
+
+
+def test_live_only_sampling_draws_fully_live_cells_and_keeps_density_spread():
+    rng = random.Random(0)
+    space = SearchSpace(layers=5, mode="density", density_min=0.2, density_max=1.0, live_only=True)
+    cells = [space.sample(rng).cells[0] for _ in range(300)]
+    assert all(c.is_fully_live() for c in cells)
+    counts = {c.num_connected for c in cells}
+    assert min(counts) == 4 and max(counts) == 14 and len(counts) == 11  # every edge count a live cell can have
+    free = SearchSpace(layers=4, share=False, live_only=True)
+    assert all(free.sample(rng).is_fully_live() for _ in range(50))
+    budget = SearchSpace(layers=3, mode="budget", conv_budget=2, live_only=True)
+    assert all(g.is_fully_live() and g.cells[0].num_convs == 2 for g in (budget.sample(rng) for _ in range(30)))
+    # without the filter, uniform sampling gives dead cells now and then
+    assert not all(SearchSpace(layers=3).sample(rng).is_fully_live() for _ in range(200))
+    with pytest.raises(Exception, match="widen the range"):
+        SearchSpace(layers=3, mode="density", density_min=0.0, density_max=0.25, live_only=True)
 
 
 def test_sampling_modes_respect_their_constraints():
@@ -234,6 +287,11 @@ def test_search_cli_end_to_end(finished_search, capsys, cifar_subset, tmp_path):
                  "fsp_vs_gap.png", "ranking.png"):
         assert (folder / name).is_file(), name
     assert not (folder / "supernet_state.pt").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "supernet.safetensors"), framework="pt") as handle:  # what it was trained on
+        assert json.loads(handle.metadata()["sampling"]) == {"mode": "uniform", "density_min": 0.0, "density_max": 1.0,
+                                                             "conv_budget": None, "live_only": True}
     rows = json.loads((folder / "architectures.json").read_text())
     assert len(rows) == 4 and all(r["status"] == "scored" for r in rows)
     assert len({r["genotype"] for r in rows}) == 4
@@ -241,6 +299,7 @@ def test_search_cli_end_to_end(finished_search, capsys, cifar_subset, tmp_path):
         assert 0 <= r["adv"] <= r["clean"] <= 100 and r["n"] == 48
         assert r["gap"] == pytest.approx(r["clean"] - r["adv"])
         assert len(r["fsp"]) == 3 and r["density"] == pytest.approx(Genotype.parse(r["genotype"]).density())
+        assert r["fully_live"] and r["effective_params"] == r["params"] and len(r["fsp_relative"]) == 3
         assert Genotype.from_codes(r["codes"]) == Genotype.parse(r["genotype"])
     best = (folder / "best_genotype.txt").read_text().strip()
     assert best == rank(rows)[0]["genotype"]
@@ -474,6 +533,10 @@ def test_a_supernet_of_another_shape_or_no_supernet_is_refused_in_one_line(finis
     other = save_weights(create_model("robnet_large_v1", C=4, layers=3), tmp_path / "net.safetensors") or \
         tmp_path / "net.safetensors"
     cases = [(finished_search / "supernet.safetensors", ["search.C=6"], "C=4 (this search: 6)"),
+             (finished_search / "supernet.safetensors", ["search.sampling=density", "search.density_min=0.5"],
+              "drawn as 'uniform, fully live cells only' but this search scores 'density 0.5-1, fully live cells only'"),
+             (finished_search / "supernet.safetensors", ["search.live_only=false"],
+              "this search scores 'uniform, any cell'"),
              (other, [], "is not a robnets supernet"),
              (tmp_path / "missing.safetensors", [], "does not exist")]
     for i, (path, extra, message) in enumerate(cases):
@@ -612,3 +675,13 @@ def test_a_search_resume_that_does_not_fit_changes_nothing(finished_search, cifa
     (folder / "supernet_state.pt").write_bytes(b"not a state")
     assert main(["search", "--resume", str(folder), "--data-dir", str(cifar_subset), "--no-progress"]) == 2
     assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_holm_adjustment_and_the_resolution_of_kendall_tau():
+    from robnets.search.analysis import holm, kendall_standard_error
+
+    # p sorted 0.01, 0.02, 0.04 (m = 3): 0.03, max(0.03, 0.04), max(0.04, 0.04); None stays None
+    assert holm([0.04, None, 0.01, 0.02]) == pytest.approx([0.04, None, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+    assert kendall_standard_error(64) == pytest.approx(0.0856, abs=1e-4)
+    assert kendall_standard_error(8) == pytest.approx(0.2887, abs=1e-4)

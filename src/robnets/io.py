@@ -76,6 +76,29 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def pack_bits(flags: Any) -> str:
+    """A boolean vector as compact text: base64 of its bits (8 per byte, first element in the highest bit).
+    Per-example correctness of 10,000 test images takes 1,668 characters; :func:`unpack_bits` reads it back."""
+    import base64
+
+    import numpy as np
+
+    values = np.asarray(flags.cpu() if hasattr(flags, "cpu") else flags, dtype=bool).reshape(-1)
+    return base64.b64encode(np.packbits(values).tobytes()).decode("ascii")
+
+
+def unpack_bits(text: str, n: int) -> Any:
+    """The boolean numpy vector of length ``n`` that :func:`pack_bits` wrote."""
+    import base64
+
+    import numpy as np
+
+    raw = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype=np.uint8)
+    if len(raw) != (n + 7) // 8:
+        raise ValueError(f"packed bits hold {len(raw) * 8} flags, not {n}")
+    return np.unpackbits(raw)[:n].astype(bool)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -111,7 +111,10 @@ class AutoAttack:
     weights, the points and the settings.
 
     After a run: ``aa.clean_accuracy``, ``aa.robust_accuracy`` (fractions), ``aa.robust_accuracy_history`` =
-    [(attack, robust accuracy after it), ...], ``aa.seconds`` = {attack: seconds}, ``aa.resumed``.
+    [(attack, robust accuracy after it), ...], ``aa.seconds`` = {attack: seconds}, ``aa.resumed``, and per point
+    ``aa.clean_flags`` / ``aa.robust_flags`` (bool, CPU). ``until='apgd-t'`` stops the cascade after that attack
+    (the first stages of a version, exactly as the whole version runs them); a later call with the same state
+    file and no ``until`` goes on with the rest.
     ``seed`` fixes the reference's random draws; ``device`` defaults to the input's; ``log`` takes one line
     per chunk and attack and the reference's warnings (``None``: silent).
     """
@@ -147,6 +150,8 @@ class AutoAttack:
         self.robust_accuracy_history: list[tuple[str, float]] = []
         self.seconds: dict[str, float] = {}
         self.resumed = False
+        self.clean_flags: torch.Tensor | None = None
+        self.robust_flags: torch.Tensor | None = None
 
     def describe(self) -> dict:
         return {"engine": reference_version(), "threat_model": self.norm, "eps": self.eps, "version": self.version,
@@ -171,8 +176,10 @@ class AutoAttack:
 
     # ------------------------------------------------------------------ the run
     def run_standard_evaluation(self, x: torch.Tensor, y: torch.Tensor, bs: int = 250,
-                                state_path: str | Path | None = None) -> torch.Tensor:
+                                state_path: str | Path | None = None, until: str | None = None) -> torch.Tensor:
         y = check_inputs(x, y)
+        if until is not None and until not in self.attacks_to_run:
+            raise RobnetsError(f"until={until!r} is not an attack of this AutoAttack ({', '.join(self.attacks_to_run)})")
         if not isinstance(bs, int) or bs < 1:
             raise RobnetsError(f"bs (batch size) must be a positive integer, got {bs!r}")
         device = self.device or x.device
@@ -184,6 +191,12 @@ class AutoAttack:
         key = self._key(x_in, y_in, bs)
         state = _State.load(path, key, x_in.cpu()) if path is not None and path.is_file() else None
         self.resumed = state is not None
+        if state is not None and until is not None:
+            later = self.attacks_to_run[self.attacks_to_run.index(until) + 1:]
+            if any(a in state.done for a in later):
+                raise RobnetsError(f"the AutoAttack state {path} has gone past {until} (it holds "
+                                   f"{', '.join(state.done)}); its flags are not those after {until}: run without "
+                                   f"until, or use another state file")
         relay = _Relay(self._log)
         logger = logging.getLogger("auto-attack")
         previous_propagate = logger.propagate
@@ -204,6 +217,8 @@ class AutoAttack:
                 for attack in self.attacks_to_run:
                     if attack not in state.done:
                         self._run_attack(aa, attack, x_in, y_in, bs, state, path)
+                    if attack == until:
+                        break
         finally:
             logger.removeHandler(relay)
             logger.propagate = previous_propagate
@@ -223,6 +238,7 @@ class AutoAttack:
                                    f"model is not deterministic (use version='rand')")
             self._log(f"note: {disagree} of {n} points change their prediction when re-evaluated in other batches "
                       f"(floating-point order); the cascade's own verdict is kept")
+        self.clean_flags, self.robust_flags = state.clean.clone(), state.flags.clone()
         self.robust_accuracy_history = [(r["attack"], r["robust"] / n) for r in state.rows]
         self.seconds = {r["attack"]: r["seconds"] for r in state.rows}
         return x_adv.to(x.device, x.dtype)

@@ -152,6 +152,9 @@ class SearchConfig:
     density_min: float = 0.0
     density_max: float = 1.0
     conv_budget: int | None = None  # convolutions per cell for sampling 'budget'
+    # draw only fully live cells (every node computes from the inputs and is used, both inputs read); the
+    # supernet is trained on the same distribution the candidates are drawn from
+    live_only: bool = True
     bn_recalibration_batches: int = 8  # training batches re-estimating BatchNorm statistics of a subnetwork
     finetune_steps: int = 100
     finetune_lr: float = 0.02
@@ -164,6 +167,7 @@ class SearchConfig:
     fsp_filter: bool = False
     fsp_keep: float = 0.5  # fraction kept by the filter when no threshold is given
     fsp_threshold: float | None = None  # reject candidates whose inherited deep-cell FSP loss exceeds this
+    # (the filter ranks the relative loss, ||G(x) - G(x_adv)||^2 / ||G(x)||^2, comparable across widths)
     # data
     train_size: int | None = None  # use only the first N training images
     val_size: int = 1000  # held out from the end of the training set (candidates are scored on it)

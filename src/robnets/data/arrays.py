@@ -76,6 +76,14 @@ class ImageArrayDataset(Dataset):
                                  name="validation (held out)")
         return rest, held
 
+    def select(self, indices: list[int] | np.ndarray | torch.Tensor) -> ImageArrayDataset:
+        """The examples at ``indices``, in that order (a fixed random sample of a test set, say)."""
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        if index.numel() and (index.min() < 0 or index.max() >= len(self)):
+            raise DataError(f"indices must lie in [0, {len(self) - 1}] for {self.name or 'this dataset'}, got "
+                            f"{index.min().item()}..{index.max().item()}")
+        return ImageArrayDataset(self.images[index], self.labels[index], num_classes=self.num_classes, name=self.name)
+
     def subset(self, n: int) -> ImageArrayDataset:
         """The first ``n`` examples (all when n exceeds the size)."""
         return ImageArrayDataset(self.images[:n], self.labels[:n], num_classes=self.num_classes, name=self.name)

@@ -26,6 +26,8 @@ class AttackResult:
     n: int
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    # per example, in order: was it classified correctly (kept when evaluate(record_examples=True))
+    correct_mask: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def accuracy(self) -> float:
@@ -37,7 +39,8 @@ class AttackResult:
         return self.n / self.seconds if self.seconds > 0 else float("inf")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "accuracy": round(self.accuracy, 4), "images_per_s": round(self.images_per_s, 3)}
+        out = {k: v for k, v in asdict(self).items() if k != "correct_mask"}
+        return {**out, "accuracy": round(self.accuracy, 4), "images_per_s": round(self.images_per_s, 3)}
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, n: int | None = None,
@@ -75,12 +78,15 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     on_result: Callable[[list[AttackResult]], None] | None = None,
+    record_examples: bool = False,
 ) -> list[AttackResult]:
     """Accuracy under each attack (``None`` = clean) on the first ``n`` examples, in order.
 
     ``n_attack`` limits the attacked examples (attacks cost many forward/backward passes); every
     result records its own ``n``. The model runs in eval mode and its mode is restored afterwards.
     ``on_result`` gets the results so far after each attack (to keep partial results as they come).
+    ``record_examples`` keeps each example's correctness (``AttackResult.correct_mask``), so that two models
+    or attacks can be compared point by point (paired tests such as McNemar's).
     """
     device = torch.device(device)
     check_precision(precision)
@@ -93,7 +99,7 @@ def evaluate(
     with eval_mode(model):
         for name, attack in attacks.items():
             count = total if attack is None or n_attack is None else min(total, n_attack)
-            correct, start = 0, time.perf_counter()
+            correct, start, masks = 0, time.perf_counter(), []
             bar = progress_bar(total=count, desc=f"{name:>10}", unit="img", enabled=progress, leave=True,
                        dynamic_ncols=True)
             with bar:
@@ -108,14 +114,18 @@ def evaluate(
                             f"the model returned non-finite logits (NaN or inf) under {name} at examples "
                             f"{bar.n}-{bar.n + labels.shape[0] - 1}; an accuracy from them would be meaningless: "
                             f"check the weights (or try fp32 instead of bf16)")
-                    batch_correct = int((logits.argmax(dim=1) == labels).sum())
+                    hits = logits.argmax(dim=1) == labels
+                    if record_examples:
+                        masks.append(hits.cpu())
+                    batch_correct = int(hits.sum())
                     correct += batch_correct
                     bar.update(labels.shape[0])
                     bar.set_postfix(acc=f"{100.0 * correct / max(bar.n, 1):.2f}%")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             settings = attack.describe() if attack is not None else {"precision": precision}
-            results.append(AttackResult(name, correct, count, time.perf_counter() - start, settings))
+            results.append(AttackResult(name, correct, count, time.perf_counter() - start, settings,
+                                        torch.cat(masks) if record_examples else None))
             if on_result is not None:
                 on_result(list(results))
     return results

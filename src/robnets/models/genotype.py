@@ -132,6 +132,49 @@ class CellGenotype:
     def num_connected(self) -> int:
         return sum(e.is_connected for e in self.edges)
 
+    def live_nodes(self, multiplier: int | None = None) -> list[bool]:
+        """Per state (inputs 0 and 1, then each intermediate node): True when it carries information.
+
+        An intermediate node is live when it is fed through a connected edge by a live state (the two inputs
+        always are) and its output is used: it is among the last ``multiplier`` nodes (default: all of them,
+        as in RobNets) or feeds a used node. A node without live input is all zeros (a convolution of zeros
+        gives zeros), so it and the edges leaving it compute nothing.
+        """
+        steps = self.steps
+        multiplier = steps if multiplier is None else multiplier
+        endpoints = edge_endpoints(steps)
+        fed = [True, True] + [False] * steps
+        for (source, target), edge in zip(endpoints, self.edges):
+            if edge.is_connected and fed[source]:
+                fed[target] = True
+        used = [False, False] + [i >= steps - multiplier for i in range(steps)]
+        for (source, target), edge in reversed(list(zip(endpoints, self.edges))):
+            if edge.is_connected and used[target] and fed[target]:
+                used[source] = True
+        return [fed[k] and used[k] for k in range(2 + steps)]
+
+    def effective(self, multiplier: int | None = None) -> CellGenotype:
+        """The cell that computes the same function with every edge that carries no information set to ``00``:
+        edges leaving a dead node or entering one (see :meth:`live_nodes`)."""
+        live = self.live_nodes(multiplier)
+        return CellGenotype(tuple(
+            edge if edge.is_connected and live[source] and live[target] else EdgeOp.NONE
+            for (source, target), edge in zip(edge_endpoints(self.steps), self.edges)))
+
+    def reads_inputs(self, multiplier: int | None = None) -> tuple[bool, bool]:
+        """Whether any information-carrying edge reads input 0 (the cell before last) and input 1 (the last)."""
+        live = self.live_nodes(multiplier)
+        reads = [False, False]
+        for (source, target), edge in zip(edge_endpoints(self.steps), self.edges):
+            if source < 2 and edge.is_connected and live[target]:
+                reads[source] = True
+        return reads[0], reads[1]
+
+    def is_fully_live(self, multiplier: int | None = None) -> bool:
+        """True when every intermediate node computes from the inputs and is used, and both inputs are read:
+        nothing in the cell is dead weight, so its structure (density, convolutions, parameters) is what runs."""
+        return all(self.live_nodes(multiplier)[2:]) and all(self.reads_inputs(multiplier))
+
     @property
     def num_convs(self) -> int:
         return sum(e.has_conv for e in self.edges)
@@ -236,6 +279,14 @@ class Genotype:
         """Architecture density D = connected edges / all edges (RobNets paper, Sec. 4.2)."""
         total = sum(len(c.edges) for c in self.cells)
         return sum(c.num_connected for c in self.cells) / total
+
+    def effective(self, multiplier: int | None = None) -> Genotype:
+        """The genotype with every edge that carries no information set to ``00`` (:meth:`CellGenotype.effective`)."""
+        return Genotype(tuple(c.effective(multiplier) for c in self.cells))
+
+    def is_fully_live(self, multiplier: int | None = None) -> bool:
+        """True when every cell is fully live (:meth:`CellGenotype.is_fully_live`)."""
+        return all(c.is_fully_live(multiplier) for c in self.cells)
 
     def __str__(self) -> str:
         return "_".join(str(c) for c in self.cells)

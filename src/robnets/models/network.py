@@ -66,8 +66,9 @@ class RobNet(nn.Module):
                                  ("adaptive_pool_size", adaptive_pool_size, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise RobnetsError(f"{name} must be an integer >= {low}, got {value!r}")
-        if C % 2:
-            raise RobnetsError(f"C must be even (factorized reduce splits channels in two), got C={C}")
+        if imagenet_stem and C % 2:
+            raise RobnetsError(f"C must be even with the ImageNet stem (its first cell's factorized reduce splits "
+                               f"C channels in two), got C={C}")
         genotype.validate_for(layers, share=share, steps=steps)
         if multiplier > steps:
             raise RobnetsError(f"multiplier ({multiplier}) cannot exceed steps ({steps})")

@@ -113,6 +113,24 @@ def partial_correlation(xs: list[float], ys: list[float], control: list[float], 
     return out
 
 
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values of a family of tests (None where a test was undefined): a result
+    whose adjusted p is below 0.05 survives the correction for having made all of them."""
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m, running = len(present), 0.0
+    out: list[float | None] = [None] * len(pvalues)
+    for k, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - k) * p))
+        out[i] = running
+    return out
+
+
+def kendall_standard_error(n: int) -> float:
+    """Standard error of Kendall's tau under no association (n points): what a sample of n can resolve; a
+    true tau of about 2.8 standard errors is found (95 % two-sided) four times in five."""
+    return math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1)))
+
+
 def fsp_filter_effect(fsp: list[float], adv: list[float], keep: float = 0.5, *,
                       bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, Any]:
     """What the paper's FSP filter would have done: keep the ``keep`` fraction with the lowest inherited
@@ -186,22 +204,26 @@ def summarize(records: list[dict], *, fsp_keep: float | None = 0.5) -> dict[str,
         "direct_convs_vs_adv_given_convs": partial_correlation(direct, adv, convs),
         "conv_placement": conv_placement(records),
     }
-    if any(r.get("fsp_deep") is not None for r in records):
-        fsp = [r.get("fsp_deep") for r in records]
-        out["fsp_deep_vs_gap"] = correlation(fsp, gap)
-        out["fsp_deep_vs_adv"] = correlation(fsp, adv)
-        out["fsp_deep_vs_gap_given_density"] = partial_correlation(fsp, gap, density)
-        n_cells = max(len(r.get("fsp") or []) for r in records)
-        out["fsp_per_cell_vs_gap"] = [
-            correlation([(r.get("fsp") or [None] * n_cells)[i] for r in records], gap, bootstrap=0)["kendall"]
-            for i in range(n_cells)]
-    if any(r.get("fsp_inherited_deep") is not None for r in records):
-        inherited = [r.get("fsp_inherited_deep") for r in records]
-        out["fsp_inherited_deep_vs_gap"] = correlation(inherited, gap)
-        out["fsp_inherited_deep_vs_adv"] = correlation(inherited, adv)
-        out["fsp_inherited_deep_vs_adv_given_density"] = partial_correlation(inherited, adv, density)
-        if fsp_keep is not None:
-            out["fsp_filter"] = fsp_filter_effect(inherited, adv, keep=fsp_keep)
+    for kind in ("", "relative_"):  # the raw FSP loss, and the relative one (comparable across widths)
+        key = f"fsp_{kind}deep"
+        if any(r.get(key) is not None for r in records):
+            fsp = [r.get(key) for r in records]
+            out[f"{key}_vs_gap"] = correlation(fsp, gap)
+            out[f"{key}_vs_adv"] = correlation(fsp, adv)
+            out[f"{key}_vs_gap_given_density"] = partial_correlation(fsp, gap, density)
+            per_cell = f"fsp_{kind}".rstrip("_")
+            n_cells = max(len(r.get(per_cell) or []) for r in records)
+            out[f"{per_cell}_per_cell_vs_gap"] = [
+                correlation([(r.get(per_cell) or [None] * n_cells)[i] for r in records], gap, bootstrap=0)["kendall"]
+                for i in range(n_cells)]
+        key = f"fsp_inherited_{kind}deep"
+        if any(r.get(key) is not None for r in records):
+            inherited = [r.get(key) for r in records]
+            out[f"{key}_vs_gap"] = correlation(inherited, gap)
+            out[f"{key}_vs_adv"] = correlation(inherited, adv)
+            out[f"{key}_vs_adv_given_density"] = partial_correlation(inherited, adv, density)
+            if fsp_keep is not None:  # the filter ranks the relative loss where it was measured
+                out["fsp_filter"] = {**fsp_filter_effect(inherited, adv, keep=fsp_keep), "measure": key}
     return out
 
 
@@ -247,7 +269,14 @@ SUMMARY_ROWS = (("density_vs_adv", "density vs adversarial acc"), ("density_vs_c
                 ("fsp_deep_vs_gap_given_density", "deep-cell FSP loss vs clean-adv gap, at equal density"),
                 ("fsp_inherited_deep_vs_gap", "inherited deep-cell FSP loss vs clean-adv gap"),
                 ("fsp_inherited_deep_vs_adv", "inherited deep-cell FSP loss vs adversarial acc"),
-                ("fsp_inherited_deep_vs_adv_given_density", "inherited deep-cell FSP loss vs adversarial acc, at equal density"))
+                ("fsp_inherited_deep_vs_adv_given_density", "inherited deep-cell FSP loss vs adversarial acc, at equal density"),
+                ("fsp_relative_deep_vs_gap", "deep-cell relative FSP loss vs clean-adv gap"),
+                ("fsp_relative_deep_vs_adv", "deep-cell relative FSP loss vs adversarial acc"),
+                ("fsp_relative_deep_vs_gap_given_density", "deep-cell relative FSP loss vs clean-adv gap, at equal density"),
+                ("fsp_inherited_relative_deep_vs_gap", "inherited deep-cell relative FSP loss vs clean-adv gap"),
+                ("fsp_inherited_relative_deep_vs_adv", "inherited deep-cell relative FSP loss vs adversarial acc"),
+                ("fsp_inherited_relative_deep_vs_adv_given_density",
+                 "inherited deep-cell relative FSP loss vs adversarial acc, at equal density"))
 
 
 def summary_text(summary: dict[str, Any]) -> str:
@@ -263,7 +292,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     f = summary.get("fsp_filter")
     if f and f["difference"] is not None:
         lines.append("")
-        lines.append(f"FSP filter (keep the {f['keep']:.0%} lowest inherited deep-cell FSP losses, n={f['n']}): kept "
+        measure = "relative " if "relative" in f.get("measure", "") else ""
+        lines.append(f"FSP filter (keep the {f['keep']:.0%} lowest inherited deep-cell {measure}FSP losses, n={f['n']}): kept "
                      f"{f['kept_mean_adv']:.2f} % vs rejected {f['rejected_mean_adv']:.2f} % mean adversarial accuracy, "
                      f"difference {f['difference']:+.2f} pp {_ci(f['difference_ci'])}; it keeps "
                      f"{f['top_quarter_kept']:.0%} of the most robust quarter (chance: {f['keep']:.0%}).")
@@ -316,16 +346,19 @@ def plot(records: list[dict], summary: dict[str, Any], folder: str | Path) -> li
     scatter("conv_placement.png", "direct_convs_per_cell", "adv", "convolutions on direct edges (per cell)",
             "adversarial accuracy (%)", "Direct-edge convolutions vs robustness (partial, at equal convolutions)",
             "direct_convs_vs_adv_given_convs", color="convs_per_cell")
-    scatter("fsp_vs_gap.png", "fsp_deep", "gap", "deep-cell FSP loss (clean vs adversarial)",
-            "clean - adversarial accuracy (pp)", "FSP loss vs robustness gap", "fsp_deep_vs_gap")
+    fsp_key = "fsp_relative_deep" if "fsp_relative_deep_vs_gap" in summary else "fsp_deep"
+    scatter("fsp_vs_gap.png", fsp_key, "gap", f"deep-cell {'relative ' if 'relative' in fsp_key else ''}FSP loss "
+            f"(clean vs adversarial)", "clean - adversarial accuracy (pp)", "FSP loss vs robustness gap",
+            f"{fsp_key}_vs_gap")
     if "fsp_filter" in summary:
-        inherited = sorted(r["fsp_inherited_deep"] for r in records if r.get("fsp_inherited_deep") is not None)
+        measure = summary["fsp_filter"].get("measure", "fsp_inherited_deep")
+        inherited = sorted(r[measure] for r in records if r.get(measure) is not None)
         keep = summary["fsp_filter"]["keep"]
         k = max(1, min(len(inherited) - 1, math.ceil(keep * len(inherited))))
         cut = (inherited[k - 1] + inherited[k]) / 2 if len(inherited) > 1 else None
-        scatter("fsp_filter.png", "fsp_inherited_deep", "adv", "inherited deep-cell FSP loss (before fine-tuning)",
-                "adversarial accuracy after fine-tuning (%)", "The FSP filter's view", "fsp_inherited_deep_vs_adv",
-                cut=cut)
+        label = "relative " if "relative" in measure else ""
+        scatter("fsp_filter.png", measure, "adv", f"inherited deep-cell {label}FSP loss (before fine-tuning)",
+                "adversarial accuracy after fine-tuning (%)", "The FSP filter's view", f"{measure}_vs_adv", cut=cut)
 
     ranked = rank(records)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -8,6 +8,11 @@ output's size first. The FSP loss of a cell compares clean and adversarial input
 L = (1/N) * sum over examples of ||G(x) - G(x_adv)||_2^2 (squared Frobenius norm). The paper finds that the
 loss of deep cells tracks the clean-adversarial accuracy gap and uses it to reject samples in cell-free
 search; :func:`deep_cell_loss` averages the cells after the second reduction.
+
+The raw loss grows with the size of G (m x n entries) and with the square of the activations' scale, so it
+ranks wide or large-activation cells as "unstable" whatever they do. The relative loss
+L_rel = (1/N) * sum over examples of ||G(x) - G(x_adv)||^2 / ||G(x)||^2 is unchanged when the features are
+scaled or their channels repeated, which makes it comparable across architectures of different width.
 """
 
 from __future__ import annotations
@@ -48,15 +53,27 @@ def cell_features(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor,
     return captured
 
 
-def cell_fsp_losses(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> list[float]:
-    """FSP loss of every cell between clean ``x`` and adversarial ``x_adv`` (mean over examples)."""
+def cell_fsp_losses(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, *,
+                    relative: bool = False) -> list[float]:
+    """FSP loss of every cell between clean ``x`` and adversarial ``x_adv`` (mean over examples); ``relative``
+    divides each example's loss by the squared norm of its clean FSP matrix (see the module docstring)."""
+    return cell_fsp_both(model, x, x_adv)[1 if relative else 0]
+
+
+def cell_fsp_both(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The raw and the relative FSP loss of every cell, from one pass over the clean and adversarial inputs."""
     clean = cell_features(model, x)
     adv = cell_features(model, x_adv)
-    losses = []
+    raw, relative = [], []
     for (c_in, c_out), (a_in, a_out) in zip(clean, adv):
-        diff = fsp_matrix(c_in, c_out) - fsp_matrix(a_in, a_out)
-        losses.append(diff.pow(2).sum(dim=(1, 2)).mean().item())
-    return losses
+        g_clean = fsp_matrix(c_in, c_out)
+        diff = (g_clean - fsp_matrix(a_in, a_out)).pow(2).sum(dim=(1, 2))
+        norm = g_clean.pow(2).sum(dim=(1, 2))
+        raw.append(diff.mean().item())
+        # an example whose clean FSP matrix is all zeros (a dead cell) counts as fully changed when anything moved
+        ratio = torch.where(norm > 0, diff / norm.clamp_min(torch.finfo(norm.dtype).tiny), (diff > 0).float())
+        relative.append(ratio.mean().item())
+    return raw, relative
 
 
 def deep_cell_loss(losses: list[float]) -> float:

@@ -2,16 +2,19 @@
 
 Phases (all resumable, the run folder holds everything):
 
-1. **Supernet.** Adversarial training (``search.method``) of the :class:`Supernet` with a uniformly random
-   architecture per batch (the same one on every rank: it is drawn from ``(seed, step)``). Under torchrun or
+1. **Supernet.** Adversarial training (``search.method``) of the :class:`Supernet` with a random architecture
+   per batch, drawn from the distribution the candidates come from (``search.sampling``, ``search.live_only``),
+   so that every scored architecture is one of those the shared weights were trained for (the same one on
+   every rank: it is drawn from ``(seed, step)``). An inherited supernet (``search.supernet_weights``) must
+   have been trained on the same per-layer distribution. Under torchrun or
    slurm this is DDP over all ranks. ``supernet_state.pt`` (tensors only, written atomically) is saved
    every ``checkpoint_every_steps`` and on SIGINT/SIGTERM; the final weights go to ``supernet.safetensors``.
 2. **Candidates.** ``num_samples`` distinct architectures drawn by ``search.sampling`` from ``(seed)``,
    listed in ``candidates.json``; candidate i belongs to rank ``i % world_size``.
 3. **FSP filter** (``fsp_filter``; the paper's cell-free search): each candidate inherits the supernet
    weights, its BatchNorm statistics are re-estimated, and its deep-cell FSP loss between clean and PGD
-   inputs is measured; candidates above ``fsp_threshold`` (default: outside the lowest ``fsp_keep``
-   fraction) are rejected before any fine-tuning.
+   inputs is measured (raw and relative, see :mod:`.fsp`); candidates whose relative loss is above
+   ``fsp_threshold`` (default: outside the lowest ``fsp_keep`` fraction) are rejected before any fine-tuning.
 4. **Score.** Each kept candidate: inherit weights, re-calibrate BatchNorm, fine-tune adversarially for
    ``finetune_steps`` (the same batches for every candidate), measure clean and PGD accuracy on
    ``eval_size`` held-out training images (never the test set), and per-cell FSP losses. Each result is
@@ -54,7 +57,7 @@ from ..training.loader import GpuBatchLoader
 from ..training.methods import MethodSettings, make_inputs, training_loss
 from ..training.schedule import build_optimizer, set_learning_rate
 from . import analysis
-from .fsp import cell_fsp_losses, deep_cell_loss
+from .fsp import cell_fsp_both, deep_cell_loss
 from .space import SearchSpace, shard, structure
 from .supernet import Supernet, recalibrate_batchnorm
 
@@ -127,8 +130,7 @@ class Search:
         self.supernet_settings = dataclasses.replace(self.settings, attack_train_mode=True)
         self.space = SearchSpace(layers=self.s.layers, steps=self.s.steps, share=self.s.share, mode=self.s.sampling,
                                  density_min=self.s.density_min, density_max=self.s.density_max,
-                                 conv_budget=self.s.conv_budget)
-        self.supernet_space = SearchSpace(layers=self.s.layers, steps=self.s.steps, share=self.s.share)
+                                 conv_budget=self.s.conv_budget, live_only=self.s.live_only)
 
     # ------------------------------------------------------------------ helpers
     def log(self, message: str, all_ranks: bool = False) -> None:
@@ -225,7 +227,8 @@ class Search:
                 find_unused_parameters=True, broadcast_buffers=False)
         self.log(f"supernet: {sum(p.numel() for p in supernet.parameters()):,} parameters, "
                  f"{'cell-based' if s.share else 'cell-free'}, C={s.C}, {s.layers} cells; {s.method} training for "
-                 f"{total} steps of {s.batch_size} x {ctx.world_size} images, a random architecture per step")
+                 f"{total} steps of {s.batch_size} x {ctx.world_size} images, a random architecture per step "
+                 f"({self._distribution(self.space.describe())})")
 
         def save() -> None:
             if ctx.is_main:
@@ -239,7 +242,7 @@ class Search:
             epoch, within = divmod(step, per_epoch)
             loader.set_epoch(epoch)
             for x, y in loader.iter_from(within):
-                supernet.set_architecture(self.supernet_space.sample(random.Random(derive_seed(self.config.seed, 1, step))))
+                supernet.set_architecture(self.space.sample(random.Random(derive_seed(self.config.seed, 1, step))))
                 set_learning_rate(optimizer, _cosine(s.supernet_lr, step, total))
                 loss_sum += self._train_step(model, supernet, optimizer, x, y, self._generator(2, step, ctx.rank),
                                              self.supernet_settings)
@@ -262,7 +265,8 @@ class Search:
             with atomic_path(weights) as tmp:
                 save_file({k: v.detach().contiguous().cpu() for k, v in supernet.state_dict().items()}, str(tmp),
                           metadata={"format": "robnets-supernet", "config": json.dumps(supernet.config),
-                                    "steps": str(total), "method": s.method})
+                                    "steps": str(total), "method": s.method,
+                                    "sampling": json.dumps(self.space.describe())})
             state_path.unlink(missing_ok=True)
         ctx.barrier()
         self.log(f"supernet trained: {total} steps, mean loss {loss_sum / max(count, 1):.3f}, "
@@ -286,7 +290,7 @@ class Search:
         s, a = self.s, self.config.attack
         fields = ("C", "layers", "steps", "share", "supernet_epochs", "supernet_max_steps", "supernet_lr", "method",
                   "batch_size", "momentum", "weight_decay", "precision", "num_samples", "sampling", "density_min",
-                  "density_max", "conv_budget", "bn_recalibration_batches", "finetune_steps", "finetune_lr",
+                  "density_max", "conv_budget", "live_only", "bn_recalibration_batches", "finetune_steps", "finetune_lr",
                   "finetune_seed", "eval_size", "eval_attack_steps", "fsp", "fsp_size", "fsp_filter", "fsp_keep",
                   "fsp_threshold")
         return {"search": {f: getattr(s, f) for f in fields}, "eps": a.eps, "step_size": a.step_size,
@@ -340,8 +344,17 @@ class Search:
                                    f"would be mixed with new ones; {hint}")
 
     @staticmethod
-    def _check_supernet_file(supernet: Supernet, source: Path) -> dict[str, str]:
-        """The metadata of ``source`` if it is a supernet of ``supernet``'s structure; else one error line."""
+    def _distribution(d: dict[str, Any]) -> str:
+        text = d["mode"]
+        if d["mode"] == "density":
+            text += f" {d['density_min']:g}-{d['density_max']:g}"
+        elif d["mode"] == "budget":
+            text += f" of {d['conv_budget']} convolutions"
+        return text + (", fully live cells only" if d["live_only"] else ", any cell")
+
+    def _check_supernet_file(self, supernet: Supernet, source: Path) -> dict[str, str]:
+        """The metadata of ``source`` if it is a supernet of ``supernet``'s structure, trained on the per-layer
+        distribution of architectures this search scores; else one error line."""
         from safetensors import safe_open
 
         hint = "set search.supernet_weights to the supernet.safetensors of a search with the same C, layers and steps"
@@ -365,6 +378,16 @@ class Search:
         if differ or shapes != expected:
             what = ", ".join(differ) if differ else "its tensors do not match this supernet's keys and shapes"
             raise RobnetsError(f"search.supernet_weights: {source} has {what}; {hint}")
+        # supernets written before the sampling was recorded were trained on uniform codes, any cell
+        trained = json.loads(metadata.get("sampling") or json.dumps(
+            {"mode": "uniform", "density_min": 0.0, "density_max": 1.0, "conv_budget": None, "live_only": False}))
+        scored = self.space.describe()
+        if trained != scored:
+            raise RobnetsError(f"{source} was trained on architectures drawn as '{self._distribution(trained)}' but "
+                               f"this search scores '{self._distribution(scored)}'; inherited weights are only meaningful for what they "
+                               f"were trained on: set search.sampling / density_min / density_max / conv_budget / "
+                               f"live_only as the supernet's search did, or train a supernet for this search "
+                               f"(drop search.supernet_weights)")
         return metadata
 
     # ------------------------------------------------------------------ phases 2-4: candidates
@@ -381,17 +404,18 @@ class Search:
         c = self.config
         return PGD(model, eps=c.attack.eps, alpha=c.attack.step_size, steps=self.s.eval_attack_steps, seed=0)(x, y)
 
-    def _fsp(self, net: nn.Module, val: ImageArrayDataset) -> list[float]:
+    def _fsp(self, net: nn.Module, val: ImageArrayDataset) -> tuple[list[float], list[float]]:
         x, y = val.batch(0, self.s.fsp_size)
         x, y = x.to(self.device), y.to(self.device)
-        return cell_fsp_losses(net, x, self._pgd(net, x, y))
+        return cell_fsp_both(net, x, self._pgd(net, x, y))
 
     def fsp_screen(self, index: int, genotype: Genotype, supernet: Supernet, loader: GpuBatchLoader,
                    val: ImageArrayDataset) -> dict:
         torch.manual_seed(derive_seed(self.config.seed, 4, index))
-        losses = self._fsp(self._inherit(supernet, genotype, loader), val)
-        return {"index": index, "genotype": str(genotype), "fsp_inherited": losses,
-                "fsp_inherited_deep": deep_cell_loss(losses)}
+        raw, relative = self._fsp(self._inherit(supernet, genotype, loader), val)
+        return {"index": index, "genotype": str(genotype), "fsp_inherited": raw,
+                "fsp_inherited_deep": deep_cell_loss(raw), "fsp_inherited_relative": relative,
+                "fsp_inherited_relative_deep": deep_cell_loss(relative)}
 
     def score(self, index: int, genotype: Genotype, supernet: Supernet, loader: GpuBatchLoader,
               val: ImageArrayDataset) -> dict:
@@ -429,13 +453,16 @@ class Search:
         record: dict[str, Any] = {
             "index": index, "genotype": str(genotype), "codes": genotype.to_codes(), **structure(genotype),
             "params": sum(p.numel() for p in net.parameters()),
+            # what the effective cells hold (edges that carry no information dropped): equal for fully live cells
+            "effective_params": sum(p.numel() for p in supernet.extract(genotype.effective()).parameters()),
             "clean": clean.accuracy, "adv": adv.accuracy, "gap": clean.accuracy - adv.accuracy, "n": adv.n,
             "attack": f"pgd{s.eval_attack_steps}", "finetune_steps": s.finetune_steps, "finetune_seed": s.finetune_seed,
             "finetune_loss": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         }
         if s.fsp:
-            fsp = self._fsp(net, val)
-            record.update(fsp=fsp, fsp_deep=deep_cell_loss(fsp))
+            raw, relative = self._fsp(net, val)
+            record.update(fsp=raw, fsp_deep=deep_cell_loss(raw), fsp_relative=relative,
+                          fsp_relative_deep=deep_cell_loss(relative))
         record.update(seconds=round(time.perf_counter() - started, 2), rank=self.ctx.rank)
         return record
 
@@ -615,14 +642,16 @@ class Search:
 
     def _fsp_kept(self, n: int) -> set[int]:
         s = self.s
-        screened = {r["index"]: r["fsp_inherited_deep"] for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
+        screened = {r["index"]: r.get("fsp_inherited_relative_deep", r["fsp_inherited_deep"])
+                    for r in read_jsonl(sorted(self.folder.glob("fsp.rank*.jsonl")))}
         if s.fsp_threshold is not None:
             threshold = s.fsp_threshold
         else:
             ordered = sorted(screened.values())
             threshold = ordered[max(1, math.ceil(s.fsp_keep * len(ordered))) - 1]
         kept = {i for i, loss in screened.items() if loss <= threshold}
-        self.log(f"FSP filter: kept {len(kept)} of {n} candidates (inherited deep-cell FSP loss <= {threshold:.4g})")
+        self.log(f"FSP filter: kept {len(kept)} of {n} candidates (inherited relative deep-cell FSP loss <= "
+                 f"{threshold:.4g})")
         return kept
 
     def report(self, candidates: list[Genotype], kept: set[int]) -> SearchResult:
@@ -635,8 +664,7 @@ class Search:
         for i, g in enumerate(candidates):
             row: dict[str, Any] = {"index": i, "genotype": str(g), "codes": g.to_codes(), **structure(g)}
             if i in screened:
-                row.update(fsp_inherited=screened[i]["fsp_inherited"],
-                           fsp_inherited_deep=screened[i]["fsp_inherited_deep"])
+                row.update({k: v for k, v in screened[i].items() if k.startswith("fsp_inherited")})
             if i in scored:
                 row.update(scored[i], status="scored")
             else:
@@ -644,16 +672,17 @@ class Search:
             everything.append(row)
         write_json_atomic(self.folder / "architectures.json", everything)
         columns = ["index", "status", "genotype", "density", "convs_per_cell", "direct_convs_per_cell",
-                   "skip_edge_convs_per_cell", "params", "clean", "adv", "gap", "n", "fsp_deep", "fsp_inherited_deep",
-                   "finetune_loss", "seconds"]
+                   "skip_edge_convs_per_cell", "live_nodes_per_cell", "nominal_density", "fully_live", "params",
+                   "effective_params", "clean", "adv", "gap", "n", "fsp_deep", "fsp_relative_deep", "fsp_inherited_deep",
+                   "fsp_inherited_relative_deep", "finetune_loss", "seconds"]
         with atomic_path(self.folder / "architectures.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(everything)
         if not records:
             raise RobnetsError("no candidate was scored; check search.num_samples and the FSP filter settings")
-        records = [{**r, "fsp_inherited_deep": screened[r["index"]]["fsp_inherited_deep"]} if r["index"] in screened
-                   else r for r in records]
+        records = [{**r, **{k: v for k, v in screened[r["index"]].items() if k.endswith("_deep")}}
+                   if r["index"] in screened else r for r in records]
         # the filter's effect can be judged only where nothing was rejected (fsp_keep 1: every candidate scored)
         simulate = 0.5 if s.fsp_keep >= 1.0 else None
         summary = analysis.summarize(records, fsp_keep=simulate if len(kept) == len(candidates) else None)

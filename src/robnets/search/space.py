@@ -8,9 +8,17 @@ Sampling modes (``SearchSpace.sample``):
 * ``budget``: exactly ``conv_budget`` edges per cell carry a convolution (``01`` or ``11``), the other edges
   are ``00`` or ``10`` — the paper's fixed computational budget.
 
-Structure (paper Sec. 4.2): density D = connected edges / all edges; the convolution count per cell; and
-where the convolutions sit: a *direct* edge joins consecutive nodes (node k-1 -> node k, so the edges
-1->2, 2->3, 3->4, 4->5 of a 4-node cell), every other edge *skips* over at least one node.
+With ``live_only`` (the default of ``robnets search``) only fully live cells are drawn: every node computes from
+the cell's inputs and is used, and both inputs are read (:meth:`CellGenotype.is_fully_live`). Other cells
+carry dead weight (a node without input is all zeros, and so is a convolution of it), so their nominal
+structure is not what they compute. In ``density`` mode the edge count is drawn first and the edges are
+re-drawn until the cell is live, so the density stays uniform over the counts a live cell can have.
+
+Structure (paper Sec. 4.2), counted on the effective cell (:meth:`Genotype.effective`: edges that carry no
+information removed; equal to the cell itself when it is fully live): density D = connected edges / all edges;
+the convolution count per cell; and where the convolutions sit: a *direct* edge joins consecutive nodes
+(node k-1 -> node k, so the edges 1->2, 2->3, 3->4, 4->5 of a 4-node cell), every other edge *skips* over at
+least one node.
 """
 
 from __future__ import annotations
@@ -32,17 +40,23 @@ def direct_edges(steps: int) -> list[bool]:
 
 
 def structure(genotype: Genotype) -> dict[str, float]:
-    """Density, convolutions per cell and their split between direct and skip edges (means over cells)."""
+    """What a genotype computes (means over cells, counted on its effective cells): density, convolutions and
+    their split between direct and skip edges, live intermediate nodes; and the nominal density and whether
+    every cell is fully live, to show where the nominal and the effective structure differ."""
     direct = direct_edges(genotype.steps)
-    cells = genotype.cells
+    effective = genotype.effective()
+    cells = effective.cells
     convs = [c.num_convs for c in cells]
     direct_convs = [sum(e.has_conv and d for e, d in zip(c.edges, direct)) for c in cells]
     return {
-        "density": genotype.density(),
+        "density": effective.density(),
         "convs_per_cell": sum(convs) / len(cells),
         "direct_convs_per_cell": sum(direct_convs) / len(cells),
         "skip_edge_convs_per_cell": (sum(convs) - sum(direct_convs)) / len(cells),
         "connected_per_cell": sum(c.num_connected for c in cells) / len(cells),
+        "live_nodes_per_cell": sum(sum(c.live_nodes()[2:]) for c in genotype.cells) / len(cells),
+        "nominal_density": genotype.density(),
+        "fully_live": genotype.is_fully_live(),
     }
 
 
@@ -57,6 +71,7 @@ class SearchSpace:
     density_min: float = 0.0
     density_max: float = 1.0
     conv_budget: int | None = None
+    live_only: bool = False
 
     def __post_init__(self) -> None:
         edges = edges_per_cell(self.steps)
@@ -71,6 +86,14 @@ class SearchSpace:
         if self.mode == "budget" and (self.conv_budget is None or not 0 <= self.conv_budget <= edges):
             raise RobnetsError(f"sampling mode 'budget' needs search.conv_budget between 0 and {edges}, "
                                f"got {self.conv_budget}")
+        if self.live_only and self.mode == "budget" and self.conv_budget < 1:
+            raise RobnetsError("sampling mode 'budget' with conv_budget 0 draws cells of skips only; with "
+                               "search.live_only they must still read both inputs: give conv_budget >= 1")
+
+    def describe(self) -> dict[str, object]:
+        """The distribution of one cell (what a supernet trained on this space has seen, per layer)."""
+        return {"mode": self.mode, "density_min": self.density_min, "density_max": self.density_max,
+                "conv_budget": self.conv_budget, "live_only": self.live_only}
 
     @property
     def edges(self) -> int:
@@ -86,20 +109,30 @@ class SearchSpace:
 
     def _density_counts(self) -> list[int]:
         e = self.edges
-        return [k for k in range(e + 1) if self.density_min - 1e-9 <= k / e <= self.density_max + 1e-9]
+        # a live cell needs an edge into every node and edges from both inputs
+        least = max(self.steps, 2) if self.live_only else 0
+        return [k for k in range(least, e + 1) if self.density_min - 1e-9 <= k / e <= self.density_max + 1e-9]
 
-    def _sample_cell(self, rng: random.Random) -> CellGenotype:
+    def _draw_cell(self, rng: random.Random, k: int | None) -> CellGenotype:
         e = self.edges
         if self.mode == "uniform":
             return CellGenotype(tuple(rng.choice(_ALL) for _ in range(e)))
         if self.mode == "density":
-            k = rng.choice(self._density_counts())
             on = set(rng.sample(range(e), k))
             return CellGenotype(tuple(rng.choice(_CONNECTED) if i in on else EdgeOp.NONE for i in range(e)))
         conv = set(rng.sample(range(e), self.conv_budget))
         return CellGenotype(tuple(
             rng.choice((EdgeOp.SEP_CONV, EdgeOp.RES_SEP_CONV)) if i in conv else rng.choice((EdgeOp.NONE, EdgeOp.SKIP))
             for i in range(e)))
+
+    def _sample_cell(self, rng: random.Random) -> CellGenotype:
+        k = rng.choice(self._density_counts()) if self.mode == "density" else None
+        for _ in range(100_000):
+            cell = self._draw_cell(rng, k)
+            if not self.live_only or cell.is_fully_live():
+                return cell
+        raise RobnetsError(f"no fully live cell found in 100,000 draws of {self.describe()}; widen the space or "
+                           f"set search.live_only false")
 
     def sample(self, rng: random.Random) -> Genotype:
         """One random architecture (one cell, or one per layer when cell-free)."""
