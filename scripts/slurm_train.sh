@@ -2,7 +2,7 @@
 # Distributed training under slurm, as in the original RobNets:
 #   GPUS_PER_NODE=8 GPUS=32 bash scripts/slurm_train.sh PARTITION ./experiments/RobNet_large_cifar10/config.py [robnets train options]
 # One task per GPU; each task maps SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID to torch.distributed
-# (robnets.training.distributed) and trains its shard of every global batch.
+# (robnets.distributed) and trains its shard of every global batch.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: [GPUS=N] [GPUS_PER_NODE=M] bash scripts/slurm_train.sh PARTITION CONFIG [robnets train options]" >&2

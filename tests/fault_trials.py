@@ -1,11 +1,15 @@
-"""Fault trials: kill -9 a tiny training run, a tiny search and a tiny AutoAttack run at seeded random moments,
-resume each to the end, and compare the result with an uninterrupted run (bitwise).
+"""Fault trials: kill -9 a tiny training run, a tiny search, a tiny AutoAttack run and a sharded evaluation at
+seeded random moments, resume each to the end, and compare the result with an uninterrupted run (bitwise).
 
-    python -m tests.fault_trials --trials 20 [--kinds train,search,autoattack] [--json OUT]
+    python -m tests.fault_trials --trials 20 [--kinds train,search,autoattack,eval] [--json OUT]
 
 Each trial draws its kill moments from its own seed (uniform over the uninterrupted run's wall time, so some
 land in start-up, some in the middle of a write); the run is started, killed, resumed and killed again until
-a resume finishes. The test suite runs one trial per kind (tests/test_fault_trials.py).
+a resume finishes. The sharded evaluation is killed at progress points instead (after its k-th finished block,
+k drawn from the blocks still to come, plus a random fraction of a block), so every kill lands in work still to
+do however fast the machine is; each of its two shard jobs is killed and restarted on its own, then the shards
+are merged, and no block may have been computed twice. The test suite runs one trial per kind
+(tests/test_fault_trials.py).
 """
 
 from __future__ import annotations
@@ -36,8 +40,17 @@ SEARCH = ["search.C=4", "search.layers=3", "search.supernet_epochs=1", "search.s
           "search.checkpoint_every_steps=1", "search.device=cpu", "search.method=fgsm_rs"]
 
 
+EVAL = ["--attacks", "clean,pgd3,fgsm,autoattack", "--n-points", "12", "--batch-size", "3", "--set",
+        "eval.block_size=3", "--eps", "2/255", "--sanity", "off", "--device", "cpu", "--no-progress"]
+EVAL_SHARDS = 2
+
+
 def make_data(root: Path) -> Path:
-    """A CIFAR-10 folder (npz layout) of the embedded real sample: 320 train, 180 test images."""
+    """A CIFAR-10 folder (npz layout) of the embedded real sample: 320 train, 180 test images; and the tiny trained
+    RobNet the evaluation trials attack (``weights.safetensors`` beside it)."""
+    from tests.helpers import tiny_robnet_weights
+
+    tiny_robnet_weights(root / "weights.safetensors", epochs=6)
     from robnets.data import load_sample
 
     sample = load_sample()
@@ -68,7 +81,17 @@ def commands(kind: str, folder: Path, data: Path) -> tuple[list[str], list[str]]
     if kind == "autoattack":
         worker = [*py, "tests.fault_trials", "--autoattack-worker", str(folder)]
         return worker, worker
+    if kind.startswith("eval-shard"):  # eval-shardK: shard K of EVAL_SHARDS; the same command resumes it
+        shard = [*py, "robnets", "eval", "--checkpoint", str(data.parent / "weights.safetensors"), "--dataset",
+                 "cifar10", "--data-dir", str(data), "--output-dir", str(folder), *EVAL, "--shard",
+                 f"{kind.removeprefix('eval-shard')}/{EVAL_SHARDS}"]
+        return shard, shard
     raise ValueError(kind)
+
+
+def eval_progress(folder: Path) -> int:
+    """Finished blocks of an evaluation run folder (all its shards)."""
+    return sum(len(p.read_text().splitlines()) for p in folder.glob("shard-*-of-*/blocks.jsonl"))
 
 
 def autoattack_worker(folder: Path) -> None:
@@ -96,6 +119,10 @@ def outcome(kind: str, folder: Path) -> dict:
         rows = json.loads((folder / "architectures.json").read_text())
         return {"rows": [{k: r.get(k) for k in ("genotype", "clean", "adv", "fsp", "status")} for r in rows],
                 "supernet": load_file(folder / "supernet.safetensors")}
+    if kind == "eval":
+        merged = json.loads((folder / "results.json").read_text())
+        return {"per_example": merged["per_example"], "partial": merged.get("partial", False),
+                "rows": [(r["attack"], r["correct"], r["n"]) for r in merged["results"]]}
     saved = torch.load(folder / "x_adv.pt", weights_only=True)
     return {"x_adv": saved["x_adv"], "history": saved["history"]}
 
@@ -110,11 +137,17 @@ def equal(a: object, b: object) -> bool:
     return a == b
 
 
-def run_once(cmd: list[str], kill_after: float | None) -> int | None:
-    """Run ``cmd``; kill -9 it after ``kill_after`` seconds (None: let it finish). Returns its exit status,
-    or None when it was killed."""
+def run_once(cmd: list[str], kill_after: float | None, kill_when=None) -> int | None:  # noqa: ANN001
+    """Run ``cmd``; kill -9 it after ``kill_after`` seconds, or as soon as ``kill_when()`` is true (None: let it
+    finish). Returns its exit status, or None when it was killed."""
     process = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        if kill_when is not None:
+            began = time.perf_counter()
+            while process.poll() is None and time.perf_counter() - began < 900:
+                if kill_when():
+                    raise subprocess.TimeoutExpired(cmd, 0)
+                time.sleep(0.02)
         process.wait(timeout=kill_after if kill_after is not None else 900)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
@@ -128,15 +161,57 @@ def run_once(cmd: list[str], kill_after: float | None) -> int | None:
 
 def reference(kind: str, root: Path, data: Path) -> tuple[dict, float]:
     folder = root / f"{kind}-reference"
-    start, _ = commands(kind, folder, data)
     began = time.perf_counter()
+    if kind == "eval":
+        for k in range(EVAL_SHARDS):
+            run_once(commands(f"eval-shard{k}", folder, data)[0], None)
+        return outcome(kind, folder), float(eval_progress(folder))  # the eval trials count blocks, not seconds
+    start, _ = commands(kind, folder, data)
     run_once(start, None)
     return outcome(kind, folder), time.perf_counter() - began
+
+
+def eval_trial(seed: int, root: Path, data: Path, expected: dict, blocks: int, max_kills: int) -> dict:
+    """Each shard job killed (up to ``max_kills`` times in all) after a seeded number of further finished blocks,
+    plus a seeded fraction of a block's time, and restarted until it finishes; then the merged result."""
+    rng = random.Random(f"eval-{seed}")
+    folder = root / f"eval-trial{seed}"
+    kills: list[str] = []
+    per_shard = blocks // EVAL_SHARDS
+    for k in range(EVAL_SHARDS):
+        cmd, _ = commands(f"eval-shard{k}", folder, data)
+        while True:
+            done = eval_progress(folder)
+            left = (k + 1) * per_shard - done
+            if len(kills) < max_kills and left > 0:
+                target = done + rng.randrange(left)
+                delay = rng.uniform(0.0, 0.3)
+                reached: list[float] = []
+
+                def kill_when(target=target, delay=delay, reached=reached) -> bool:  # noqa: ANN001
+                    if eval_progress(folder) >= target:
+                        reached.append(time.perf_counter()) if not reached else None
+                        return time.perf_counter() - reached[0] >= delay
+                    return False
+
+                if run_once(cmd, None, kill_when) is None:
+                    kills.append(f"shard {k} after block {target} + {delay:.2f} s")
+                    continue
+            else:
+                run_once(cmd, None)
+            break
+    lines = [json.loads(x) for p in folder.glob("shard-*-of-*/blocks.jsonl") for x in p.read_text().splitlines()]
+    once = len({(r["attack"], r["block"]) for r in lines}) == len(lines)
+    same = equal(outcome("eval", folder), expected) and once
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"kind": "eval", "seed": seed, "kills_at_s": kills, "equal": same, "no_block_twice": once}
 
 
 def trial(kind: str, seed: int, root: Path, data: Path, expected: dict, duration: float,
           max_kills: int = 3) -> dict:
     """One seeded trial: up to ``max_kills`` kills at random moments, then resumes until the run finishes."""
+    if kind == "eval":
+        return eval_trial(seed, root, data, expected, int(duration), max_kills)
     rng = random.Random(f"{kind}-{seed}")
     folder = root / f"{kind}-trial{seed}"
     start, resume = commands(kind, folder, data)
@@ -158,7 +233,7 @@ def trial(kind: str, seed: int, root: Path, data: Path, expected: dict, duration
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--kinds", default="train,search,autoattack")
+    parser.add_argument("--kinds", default="train,search,autoattack,eval")
     parser.add_argument("--json")
     parser.add_argument("--autoattack-worker", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -234,7 +234,9 @@ def test_autoattack_suite_rows_are_a_cascade(tmp_path, capsys):
     assert [r["attack"] for r in rows] == ["clean", "aa:apgd-ce", "aa:apgd-t", "aa:fab-t", "aa:square", "autoattack"]
     accuracies = [r["accuracy"] for r in rows]
     assert all(b <= a for a, b in zip(accuracies[:-1], accuracies[1:-1])) and accuracies[-1] == accuracies[-2]
-    assert (out / "autoattack_state.safetensors").exists()  # resumable
+    blocks = [json.loads(line) for line in (out / "blocks.jsonl").read_text().splitlines()]
+    assert [b["attack"] for b in blocks] == ["clean", "autoattack"]  # kept as they come: resumable
+    assert not list(out.glob("aa_block*.safetensors"))  # a finished block's chunk state is gone
     card = json.loads((out / "model_info.json").read_text())  # RobustBench's model_info fields
     for key in ("name", "link", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
                 "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote"):

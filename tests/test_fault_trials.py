@@ -1,5 +1,5 @@
-"""kill -9 at seeded random moments of a tiny training run, search and AutoAttack run; each resumed to the
-end must equal the uninterrupted run bitwise (one trial per kind here; ``python -m tests.fault_trials
+"""kill -9 at seeded random moments of a tiny training run, search and AutoAttack run, and at seeded progress
+points of a sharded evaluation; each resumed to the end must equal the uninterrupted run bitwise (one trial per kind here; ``python -m tests.fault_trials
 --trials 20`` runs the full set)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["train", "search", "autoattack"])
+@pytest.mark.parametrize("kind", ["train", "search", "autoattack", "eval"])
 def test_killed_runs_resume_to_the_uninterrupted_result(kind, data):
     root, folder = data
     expected, duration = fault_trials.reference(kind, root, folder)

@@ -176,27 +176,36 @@ def test_a_locked_run_folder_is_refused(tmp_path, capsys):
 
 
 def test_results_are_kept_when_the_disk_refuses(tmp_path, capsys, monkeypatch):
-    """A disk that refuses the final write: the table is shown, the error is one line, and the results of the
-    attacks finished so far are already on disk."""
+    """A disk that refuses the final write: the table is shown, the error is one line, every finished block is
+    already on disk, and the same command then writes the results without computing anything again."""
     import robnets.evaluation.pipeline as pipeline
+    import robnets.evaluation.shards as shards
 
-    calls = {"n": 0}
     real = pipeline.write_results
 
-    def flaky(results, folder, meta):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if not meta.get("partial"):
-            raise OSError(28, "No space left on device")
-        return real(results, folder, meta)
+    def full(results, folder, meta):  # noqa: ANN001, ANN202
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "write_results", flaky)
+    monkeypatch.setattr(pipeline, "write_results", full)
     out = tmp_path / "run"
-    code = main(["eval", *BASE, "--sample", "--n", "4", "--attacks", "clean,fgsm", "--untrained",
-                 "--output-dir", str(out)])
+    command = ["eval", *BASE, "--sample", "--n", "4", "--attacks", "clean,fgsm", "--untrained", "--output-dir",
+               str(out), "--eps-sweep", "0,8", "--sanity", "quick"]
+    code = main(command)
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.strip().splitlines()
     assert lines[-1].startswith("robnets: error: cannot write results") and "No space left" in lines[-1]
     assert "| fgsm" in captured.err  # the table, before the error
-    partial = json.loads((out / "results.json").read_text())
-    assert partial["partial"] is True and [r["attack"] for r in partial["results"]] == ["clean", "fgsm"]
+    kept = [json.loads(line)["attack"] for line in (out / "blocks.jsonl").read_text().splitlines()]
+    assert kept == ["clean", "fgsm", "sweep:0/255", "sweep:8/255"]
+    monkeypatch.setattr(pipeline, "write_results", real)
+
+    def nothing_left(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a finished block was computed again")
+
+    monkeypatch.setattr(shards, "evaluate", nothing_left)
+    assert main(command) == 0
+    done = json.loads((out / "results.json").read_text())
+    assert [r["attack"] for r in done["results"]] == ["clean", "fgsm"] and not done.get("partial")
+    assert (out / "eps_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Sanity checks" in (out / "results.md").read_text()

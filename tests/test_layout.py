@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "robnets"
 # Lower layers first. Attacks know only the model; the fast path knows the model, not the attacks.
 LAYERS = [
     {"errors", "version"},
-    {"io", "runtime"},
+    {"io", "runtime", "distributed"},
     {"data"},
     {"models"},
     {"attacks", "acceleration"},

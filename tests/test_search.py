@@ -19,7 +19,7 @@ from robnets.search import (Search, SearchSpace, Supernet, cell_fsp_losses, corr
                             fsp_matrix, genotype_to_mask, mask_to_genotype, rank, recalibrate_batchnorm, shard,
                             structure)
 from robnets.search.runner import read_jsonl
-from robnets.training.distributed import DistContext
+from robnets.distributed import DistContext
 
 from .conftest import CIFAR10_NPZ, REPO
 

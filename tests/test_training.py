@@ -202,7 +202,7 @@ def test_train_compile_runs_the_weight_update_through_torch_compile(tiny_cifar, 
     monkeypatch.setattr(acceleration, "compile_for_training", recording)
     common = ["train.method=pgd", "train.attack_steps=1", "train.epochs=1", "train.train_size=80",
               "train.fast_attack=false", "train.co_probe_size=0"]  # 48 training images: 3 steps
-    eager = _train(common, tiny_cifar, tmp_path / "eager")
+    assert _train(common, tiny_cifar, tmp_path / "eager").completed
     assert not compiled
     torch._dynamo.reset()
     result = _train(common + ["train.compile=true"], tiny_cifar, tmp_path / "compiled")
@@ -336,7 +336,7 @@ def test_bad_training_input_is_one_line(capsys, tmp_path):
 
 
 def test_rank_detection_from_torchrun_and_slurm(monkeypatch):
-    from robnets.training.distributed import detect_environment
+    from robnets.distributed import detect_environment
 
     assert detect_environment({}) == {}
     torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "h1", "MASTER_PORT": "1234"}

@@ -1,4 +1,4 @@
-"""Command-line interface: ``robnets eval | demo | train | search | weights | list-models | info`` and the
+"""Command-line interface: ``robnets eval | merge | demo | train | search | weights | list-models | info`` and the
 original ``main.py`` flags.
 
 Every user-fixable problem ends in one line, ``robnets: error: <what is wrong and how to fix it>``,
@@ -25,6 +25,9 @@ DEMO_N_ATTACK = 200
 
 EVAL_EXAMPLES = """examples:
   robnets eval --weights robnet_free --data-dir DATA --suite autoattack --n 1000
+  torchrun --nproc_per_node 4 -m robnets eval --weights robnet_free --data-dir DATA --suite autoattack --output-dir OUT
+  robnets eval --weights robnet_free --data-dir DATA --suite autoattack --shard 3/8 --output-dir OUT   # one job of 8
+  robnets merge OUT                                          # the shards of OUT into one result
   robnets eval --checkpoint RobNet_free_cifar10.pth.tar --model robnet_free --data-dir DATA --suite autoattack
   robnets eval --config RobNet_large_cifar10 --checkpoint W.pth.tar --data-dir DATA --attacks clean,pgd20
   robnets eval --weights robnet_compact --sample --norm L2 --eps 0.5 --attacks clean,pgdl2-20
@@ -55,8 +58,9 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
                           help="use the CIFAR-10 test sample embedded in the package (500 images)")
         data.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config, then ./data)")
         data.add_argument("--download", action="store_true", help="download the dataset with torchvision")
-    data.add_argument("--n", type=int, help="evaluate the first N test images (bounds the whole run, sanity "
-                                            "checks included)")
+    data.add_argument("--n", "--n-points", dest="n", type=int,
+                      help="evaluate the first N test images (bounds the whole run, sanity checks included); "
+                           "under torchrun write --n-points (torchrun reads --n as its own --nnodes)")
     data.add_argument("--n-attack", type=int, help="attack only the first N of them (each result states n)")
     data.add_argument("--batch-size", type=int, help="evaluation batch size")
     threat.add_argument("--attacks", help="comma-separated attack names (listed below)")
@@ -78,7 +82,15 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
     run.add_argument("--plain", action="store_true",
                      help="run the model exactly as the original implementation does (no fast path)")
     run.add_argument("--output-dir", help="run folder for results.json, results.md, config.yaml "
-                                          "(default: runs/eval-<name>-<model>-<time>)")
+                                          "(default: runs/eval-<name>-<model>-<time>); the same command with "
+                                          "the same folder resumes an interrupted run")
+    if not demo:
+        run.add_argument("--shard", metavar="K/N",
+                         help="compute only shard K of N (K from 0) into OUTPUT_DIR/shard-K-of-N, e.g. one job of a "
+                              "slurm array; robnets merge OUTPUT_DIR combines them")
+        run.add_argument("--distributed", action="store_true",
+                         help="require a torchrun/slurm launch: every rank evaluates its shard, rank 0 merges "
+                              "(detected automatically otherwise)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="dotted config override, e.g. --set attack.steps=100 (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -108,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("eval", help="clean and adversarial accuracy of a model", epilog=EVAL_EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_eval_arguments(p_eval)
+
+    p_merge = sub.add_parser("merge", help="combine evaluation shards (robnets eval --shard K/N) into one result")
+    p_merge.add_argument("folders", nargs="+", metavar="DIR",
+                         help="shard folders, or the run folder holding them (shard-K-of-N)")
+    p_merge.add_argument("--output-dir", help="where the merged result goes (default: the folder holding the shards)")
 
     p_demo = sub.add_parser("demo", help="evaluate the published compact RobNet on the embedded CIFAR-10 sample (the main job)")
     _add_eval_arguments(p_demo, demo=True)
@@ -222,7 +239,11 @@ def _print_run(run, out=None) -> None:  # noqa: ANN001
     print("", file=out)
     print(run.table(), file=out)
     print(f"\nweights: {run.meta['weights']}", file=out)
-    print(f"results: {run.files['json']}  table: {run.files['markdown']}  config: {run.files['config']}", file=out)
+    if "json" in run.files:
+        print(f"results: {run.files['json']}  table: {run.files['markdown']}"
+              + (f"  config: {run.files['config']}" if "config" in run.files else ""), file=out)
+    else:
+        print(f"shard: {run.files['shard']} (partial: shards {run.meta.get('missing_shards')} not done yet)", file=out)
     if "eps_sweep" in run.meta:
         print(f"eps sweep: {run.meta['eps_sweep']['png']} (data {run.meta['eps_sweep']['json']})", file=out)
     flagged = [f for f in run.meta.get("sanity", []) if f["fired"]]
@@ -259,9 +280,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if args.config is None and not args.model:
         config.name = "cli"
-    run = run_evaluation(config, checkpoint=args.checkpoint, untrained=args.untrained, data_dir=args.data_dir,
-                         download=args.download, output_dir=args.output_dir, n_attack=args.n_attack,
-                         progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    from .distributed import init_distributed, shutdown
+    from .evaluation.shards import parse_shard
+    from .runtime import resolve_device
+
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard is not None and args.output_dir is None:
+        raise RobnetsError("--shard needs --output-dir: every shard of the run goes into that folder, where "
+                           "robnets merge finds them")
+    ctx = init_distributed(resolve_device(config.eval.device).type, required=args.distributed)
+    try:
+        run = run_evaluation(config, checkpoint=args.checkpoint, untrained=args.untrained, data_dir=args.data_dir,
+                             download=args.download, output_dir=args.output_dir, n_attack=args.n_attack,
+                             progress=not args.no_progress and ctx.is_main,
+                             log=lambda m: print(m, file=sys.stderr) if ctx.is_main else None, shard=shard, ctx=ctx)
+    finally:
+        shutdown(ctx)
+    if run is not None:
+        _print_run(run)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .evaluation.pipeline import write_merged
+    from .evaluation.shards import merge, shard_folders
+
+    folders = shard_folders(args.folders)
+    if args.output_dir:
+        out = Path(args.output_dir)
+    else:
+        parents = {f.parent.resolve() if f.name.startswith("shard-") else f.resolve() for f in folders}
+        if len(parents) != 1:
+            raise RobnetsError("the shards lie in different folders; give --output-dir for the merged result")
+        out = parents.pop()
+    run = write_merged(merge(folders), out, log=lambda m: print(m, file=sys.stderr))
     _print_run(run)
     return 0
 
@@ -421,7 +473,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return _exit_status(result.stopped_by)
 
 
-COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "demo": cmd_demo, "list-models": cmd_list_models, "weights": cmd_weights, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "search": cmd_search, "eval": cmd_eval, "merge": cmd_merge, "demo": cmd_demo, "list-models": cmd_list_models, "weights": cmd_weights, "info": cmd_info}
 
 
 def run_guarded(fn, *args) -> int:  # noqa: ANN001
@@ -469,6 +521,8 @@ def build_original_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="weights to evaluate instead of the config's resume_path")
     parser.add_argument("--data-dir", help="data root (default: $ROBNETS_DATA, then the config's data_root)")
     parser.add_argument("--n", type=int, help="evaluate only the first N test images")
+    parser.add_argument("--output-dir", help="run folder for the results (needed to resume; the same folder "
+                                             "continues an interrupted evaluation)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
@@ -486,9 +540,6 @@ def _original(args: argparse.Namespace) -> int:
                               distributed=args.distributed)
         print(f"run folder: {result.folder}")
         return 0
-    if args.distributed:
-        raise RobnetsError("--distributed evaluation is not available yet; drop --distributed (one process "
-                           "evaluates the whole test set)")
     overrides = list(args.overrides)
     if args.n is not None:
         overrides.append(f"eval.n={args.n}")
@@ -503,8 +554,18 @@ def _original(args: argparse.Namespace) -> int:
     print("==> Building model..")
     print(f"==> Resuming from checkpoint {checkpoint}..")
     print("==> Preparing data..")
-    run = run_evaluation(config, checkpoint=checkpoint, data_dir=args.data_dir, progress=True,
-                         log=lambda m: print(m))
+    from .distributed import init_distributed, shutdown
+    from .runtime import resolve_device
+
+    ctx = init_distributed(resolve_device(config.eval.device).type, required=args.distributed)
+    try:
+        output = args.output_dir or (f"{config.output_dir}/eval-{config.name}-distributed" if ctx.enabled else None)
+        run = run_evaluation(config, checkpoint=checkpoint, data_dir=args.data_dir, progress=ctx.is_main,
+                             log=lambda m: print(m) if ctx.is_main else None, ctx=ctx, output_dir=output)
+    finally:
+        shutdown(ctx)
+    if run is None:
+        return 0
     for result in run.results:
         what = "Clean Data" if result.attack == "clean" else f"Adversarial Data ({result.attack})"
         print(f"==> Testing on {what}..")

@@ -76,6 +76,34 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_jsonl(paths: list[Path]) -> list[dict]:
+    """Records of every complete line of the given files (a line cut by a crash is ignored)."""
+    out = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one record and make it durable before going on. A line torn by a crash before it is closed
+    first, so the new record starts a line of its own (and the torn one stays ignored)."""
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(("\n" if torn else "") + json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def pack_bits(flags: Any) -> str:
     """A boolean vector as compact text: base64 of its bits (8 per byte, first element in the highest bit).
     Per-example correctness of 10,000 test images takes 1,668 characters; :func:`unpack_bits` reads it back."""

@@ -449,7 +449,7 @@ def decisive_blocks() -> dict[str, str]:
             lines.append(f"| {a['name']} | 0 of {a['seeds']} | - | - | - | - |")
             continue
 
-        def ms(key):  # noqa: ANN001, ANN202
+        def ms(key, runs=runs):  # noqa: ANN001, ANN202
             v = [r[key] for r in runs.values() if key in r]
             if not v:
                 return "-"

@@ -40,6 +40,7 @@ NORMS = ("Linf", "L2", "L1")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 BALL_TOLERANCE = 1e-5
 STATE_FORMAT = "robnets-autoattack-state/2"
+_LOG = logging.getLogger("robnets.autoattack").info
 _INSTALL = "the reference AutoAttack is not installed: pip install pyautoattack (a dependency of robnets)"
 
 
@@ -122,7 +123,7 @@ class AutoAttack:
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, version: str = "standard",
                  attacks: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32",
                  device: str | torch.device | None = None,
-                 log: Callable[[str], None] | None = logging.getLogger("robnets.autoattack").info) -> None:
+                 log: Callable[[str], None] | None = _LOG) -> None:
         if not isinstance(model, nn.Module):
             raise RobnetsError(f"AutoAttack needs an nn.Module, got {type(model).__name__}")
         if norm not in NORMS:

@@ -136,6 +136,8 @@ def validate(config: Config) -> Config:
         if value > 1:
             raise ConfigError(f"{dotted}={value} exceeds the whole [0, 1] pixel range; L-inf budgets are fractions "
                               f"of it (8/255 = {8 / 255:.6f})")
+    if config.eval.block_size < 1:
+        raise ConfigError(f"eval.block_size must be at least 1, got {config.eval.block_size}")
     if config.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be at least 1, got {config.data.batch_size}")
     if config.eval.compile and config.eval.execution != "fast":

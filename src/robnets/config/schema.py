@@ -114,6 +114,9 @@ class EvalConfig:
     precision: str = "fp32"
     device: str = "auto"
     attack_seed: int = 0
+    # points per block: every attack restarts its random stream at each block and AutoAttack runs its cascade
+    # within it, so results do not depend on how the run is sharded (shards are whole blocks)
+    block_size: int = 1000
     execution: str = "fast"  # 'fast' (FastRobNet where it applies) or 'plain' (the original's execution)
     compile: bool = False  # torch.compile the fast path (CUDA: 1.46x faster PGD, after 1-2 min compiling)
     sanity: str = "quick"  # off | quick | full: checks written into every result

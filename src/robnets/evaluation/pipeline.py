@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +17,21 @@ from ..attacks import create_attack
 from ..config import Config, build_model, save_config
 from ..data import DATASETS, load_dataset, resolve_data_root
 from ..errors import RobnetsError
-from ..io import sha256_file, write_json_atomic
+from ..distributed import DistContext
+from ..io import sha256_file, write_json_atomic, write_text_atomic
 from ..acceleration import accelerate, pgd_loop_for
 from ..models import RobNet
 from ..models.checkpoint import check_state_dict_matches, load_weights, read_checkpoint
 from ..models.registry import model_info
 from .report import model_card, results_table, write_results
 from ..runtime import resolve_device
-from .runner import AttackResult, evaluate
+from .runner import AttackResult
+from .shards import (FORMAT, SHARD_FILE, Merged, Plan, ShardStore, merge, points_digest, run_autoattack, run_sweep,
+                     run_table, shard_folder_name, shard_folders, sweep_name)
+from .suites import write_sweep
+
+
+_LOG = logging.getLogger("robnets.evaluation").info
 
 
 @dataclass
@@ -147,16 +155,29 @@ def run_evaluation(
     output_dir: str | Path | None = None,
     n_attack: int | None = None,
     progress: bool = True,
-    log=logging.getLogger("robnets.evaluation").info,  # noqa: ANN001
-) -> EvaluationRun:
+    log=_LOG,  # noqa: ANN001
+    shard: tuple[int, int] | None = None,
+    ctx: DistContext | None = None,
+    command: str | None = None,
+) -> EvaluationRun | None:
     """Evaluate the configured model; write results.json, results.md and config.yaml into a run folder.
 
-    Stages: the folder is checked, the model built and its weights loaded, the test set loaded and checked
-    against the model, the execution path chosen, the attacks built; then the attack table, AutoAttack, the
-    eps sweep and the sanity checks run, and everything is written.
+    The points are evaluated in blocks (``eval.block_size``, see :mod:`.shards`), each result kept as it comes, so
+    that the same command resumes an interrupted run. ``shard=(K, N)`` computes only shard K of N into
+    ``<folder>/shard-K-of-N`` (an independent job; ``robnets merge`` combines the shards); under torchrun or slurm
+    (``ctx``) every rank computes its shard and rank 0 merges them into the run folder (other ranks return None).
+    ``command`` is the command line that computes shard ``{K}``, named for any shard found missing.
     """
+    ctx = ctx or DistContext()
     device = resolve_device(config.eval.device)
+    if ctx.enabled:
+        if shard is not None:
+            raise RobnetsError("--shard is for independent jobs; under torchrun or slurm every rank takes its shard")
+        device = ctx.device(device.type)
+        shard = (ctx.rank, ctx.world_size)
     folder = Path(output_dir) if output_dir else default_run_folder(config)
+    if ctx.enabled and not output_dir:
+        raise RobnetsError("a distributed evaluation needs --output-dir (every rank writes its shard there)")
     check_output_folder(folder)
     checkpoint = checkpoint or config.checkpoint.path
     model, weights, note = _model_with_weights(config, checkpoint, untrained)
@@ -164,47 +185,174 @@ def run_evaluation(
     dataset = _test_set(config, model, data_dir, download)
     engine, execution = _execution_path(config, model, device)
     attacks = attack_set(config, engine, step_loop=pgd_loop_for(device) if config.eval.execution == "fast" else None)
-    log(note)
     batch_size = config.eval.batch_size or config.data.batch_size
-    log(f"==> Evaluating {config.model.name} on {config.data.dataset} ({len(dataset)} images; "
-        f"n={config.eval.n or 'all'}) on {device}, {config.eval.precision}, batch {batch_size}")
-    log(f"==> Execution: {execution}")
     if config.eval.transfer_checkpoint:
         attacks = _transfer_attacks(config, engine, device, log)
-    # the first images of the table's own subset, never more than --n / --n-attack allow
-    limit = min(len(dataset), config.eval.n or len(dataset), n_attack or len(dataset))
+    plan = _plan(config, dataset, attacks, n_attack, shard)
+    store_folder = folder if shard is None else folder / shard_folder_name(*shard)
+    store = ShardStore(store_folder)
+    identity = _identity(config, model, checkpoint, weights, dataset, attacks, plan, batch_size,
+                         command or _default_command(folder))
+    store.open(identity)
+    log(note)
+    where = f"shard {plan.index} of {plan.count}: blocks {plan.blocks.start}-{plan.blocks.stop - 1} of " \
+            f"{plan.blocks_total}" if plan.count > 1 else f"{plan.blocks_total} block(s)"
+    log(f"==> Evaluating {config.model.name} on {config.data.dataset} ({len(dataset)} images; n={plan.total}, "
+        f"{where} of {plan.block_size}) on {device}, {config.eval.precision}, batch {batch_size}; results kept "
+        f"in {store.folder}")
+    log(f"==> Execution: {execution}")
+    started = time.perf_counter()
+    run_table(engine, dataset, attacks, plan, store, device=device, batch_size=batch_size,
+              precision=config.eval.precision,
+              num_workers=config.data.num_workers if config.data.dataset == "imagenet" else 0, progress=progress,
+              log=log)
+    if "autoattack" in plan.counts:
+        eps = config.attack.eps if config.attack.norm == "Linf" else config.attack.l2_eps
+        run_autoattack(engine, dataset, plan, store, norm=config.attack.norm, eps=eps,
+                       version=config.eval.autoattack_version, seed=config.eval.attack_seed,
+                       precision=config.eval.precision, batch_size=batch_size, log=log)
+    if config.eval.eps_sweep_255:
+        run_sweep(engine, dataset, plan, store, eps_values=[e / 255 for e in config.eval.eps_sweep_255],
+                  steps=config.eval.sweep_steps, batch_size=batch_size, device=device,
+                  precision=config.eval.precision, seed=config.eval.attack_seed, log=log)
+    sanity = []
+    if config.eval.sanity != "off" and plan.index == 0:
+        sanity = _sanity(config, engine, dataset, min(config.eval.sanity_n, plan.total), device, log)
+    store.finish({"sanity": [flag.to_dict() for flag in sanity], "seconds": round(time.perf_counter() - started, 1),
+                  "host": platform.node(), "device": str(device), "versions_local": {"torch": torch.__version__},
+                  "execution": execution})
+    if ctx.enabled:
+        ctx.barrier()
+        if not ctx.is_main:
+            return None
+    elif shard is not None:
+        log(f"==> shard {shard[0]} of {shard[1]} done in {store.folder}; when every shard is done: robnets merge "
+            f"{folder}")
+    merged = merge(shard_folders([folder]) if shard is not None else [folder])
+    if shard is not None and not ctx.enabled and merged.partial:
+        return EvaluationRun(merged.results, store.folder, {"shard": store.folder / SHARD_FILE},
+                             {**merged.identity["meta"], "partial": True, "missing_shards": merged.missing})
+    return write_merged(merged, folder, config=config, log=log)
 
-    partial_meta = {"model": config.model.name, "dataset": config.data.dataset, "weights": weights, "partial": True}
 
-    def keep_partial(so_far: list[AttackResult]) -> None:  # a crash later keeps what is done
-        _write_or_explain(lambda: write_results(so_far, folder, partial_meta), folder, so_far, log)
-
-    results = evaluate(engine, dataset, attacks, device=device, batch_size=batch_size, n=config.eval.n,
-                       n_attack=n_attack, precision=config.eval.precision,
-                       num_workers=config.data.num_workers if config.data.dataset == "imagenet" else 0,
-                       progress=progress, on_result=keep_partial) if attacks else []
-    if "autoattack" in [a.strip().lower() for a in config.eval.attacks]:
-        results += _autoattack(config, engine, dataset, limit, batch_size, folder, resumable_here=bool(output_dir),
-                               log=log)
-    sweep = _eps_sweep(config, engine, dataset, limit, batch_size, device, folder, log) \
-        if config.eval.eps_sweep_255 else None
-    sanity = _sanity(config, engine, dataset, min(config.eval.sanity_n, limit), device, log) \
-        if config.eval.sanity != "off" else []
-    meta = _metadata(config, model, weights, device, execution, sanity)
-    if sweep is not None:
+def write_merged(merged: Merged, folder: Path, *, config: Config | None = None,
+                 log=_LOG) -> EvaluationRun:  # noqa: ANN001
+    """Write one run's results from merged shards: results.json / .md, the model card, the ε sweep, config.yaml;
+    every file says so when shards are missing."""
+    meta = dict(merged.identity["meta"])
+    first = next((s for s in merged.shards if s["shard"] == 0), None)
+    sanity = (ShardStore(first["folder"]).describe() or {}).get("sanity", []) if first else []
+    meta.update(device=first["device"] if first else meta.get("device"), sanity=sanity,
+                time=time.strftime("%Y-%m-%d %H:%M:%S"), execution=(ShardStore(first["folder"]).describe() or {}).get(
+                    "execution") if first else None)
+    count = merged.identity["shard"][1]
+    if count > 1 or merged.partial:
+        meta["shards"] = merged.shards
+    if merged.partial:
+        meta.update(partial=True, missing_shards=merged.missing,
+                    missing_commands=[merged.commands[k] for k in merged.missing])
+        log(f"==> PARTIAL: shard(s) {', '.join(map(str, merged.missing))} of {count} missing or unfinished; "
+            f"compute each with: {merged.commands[merged.missing[0]]} (K = {', '.join(map(str, merged.missing))})")
+    results = merged.results
+    if merged.sweep is not None:
         meta["eps_sweep"] = {"json": str(folder / "eps_sweep.json"), "png": str(folder / "eps_sweep.png")}
-    card = model_card(results, meta, **_card_identity(config, model, checkpoint))
+    card = model_card(results, meta, **merged.identity["card"])
+    if card is not None and merged.partial:
+        card["footnote"] = "PARTIAL (shards missing): " + card["footnote"]
 
     def write_all() -> dict[str, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        if merged.sweep is not None:
+            write_sweep(merged.sweep, merged.identity["eps_sweep"]["steps"], folder, partial=merged.partial)
         if card is not None:
             write_json_atomic(folder / "model_info.json", card)
             meta["model_card"] = str(folder / "model_info.json")
-        written = write_results(results, folder, meta)
-        written["config"] = save_config(config, folder / "config.yaml")
+        written = write_results(results, folder, {**meta, "per_example": merged.per_example})
+        if config is not None:
+            written["config"] = save_config(config, folder / "config.yaml")
+        elif first and (Path(first["folder"]) / "config.yaml").is_file():
+            written["config"] = folder / "config.yaml"
+            if Path(first["folder"]).resolve() != folder.resolve():
+                write_text_atomic(folder / "config.yaml", (Path(first["folder"]) / "config.yaml").read_text())
         return written
 
     files = _write_or_explain(write_all, folder, results, log)
     return EvaluationRun(results, folder, files, meta)
+
+
+def _plan(config: Config, dataset, attacks: dict[str, Any], n_attack: int | None,  # noqa: ANN001
+          shard: tuple[int, int] | None) -> Plan:
+    """How many points each attack covers: the table's clean row the first n (``eval.n``), attacks at most
+    ``n_attack`` of them; AutoAttack and the ε sweep as many as attacks."""
+    total = min(len(dataset), config.eval.n or len(dataset))
+    if total < 1:
+        raise RobnetsError("nothing to evaluate: the dataset (or --n) gives no examples")
+    attacked = min(total, n_attack or total)
+    counts = {name: (total if attack is None else attacked) for name, attack in attacks.items()}
+    if "autoattack" in [a.strip().lower() for a in config.eval.attacks]:
+        counts["autoattack"] = attacked
+    for eps in config.eval.eps_sweep_255:
+        counts[sweep_name(eps / 255)] = attacked
+    if not counts:
+        raise RobnetsError("no attacks to run: give --attacks (e.g. clean,pgd20)")
+    index, count = shard or (0, 1)
+    return Plan(counts, config.eval.block_size, index, count)
+
+
+def _identity(config: Config, model: nn.Module, checkpoint: str | Path | None, weights: str, dataset,  # noqa: ANN001
+              attacks: dict[str, Any], plan: Plan, batch_size: int, command: str) -> dict[str, Any]:
+    """What a shard measures (two shards of one run agree on all of it but their place) and what its merged
+    result needs to be written without the model."""
+    from ..attacks.reference_autoattack import reference_version
+    from ..version import __version__
+
+    with_aa = "autoattack" in plan.counts
+    eps = config.attack.eps if config.attack.norm == "Linf" else config.attack.l2_eps
+    sha = sha256_file(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+    return {
+        "format": FORMAT, "shard": [plan.index, plan.count], "blocks": [plan.blocks.start, plan.blocks.stop],
+        "model": config.model.name, "weights_sha256": sha or weights,
+        "points": {"dataset": config.data.dataset, "counts": plan.counts, "digest": points_digest(dataset, plan.total)},
+        "block_size": plan.block_size, "batch_size": batch_size,
+        "attacks": {name: (attack.describe() if attack is not None else {"precision": config.eval.precision})
+                    for name, attack in attacks.items()},
+        "autoattack": {"threat_model": config.attack.norm, "eps": eps, "version": config.eval.autoattack_version,
+                       "seed": config.eval.attack_seed, "engine": reference_version()} if with_aa else None,
+        "eps_sweep": {"eps": [e / 255 for e in config.eval.eps_sweep_255], "steps": config.eval.sweep_steps}
+        if config.eval.eps_sweep_255 else None,
+        "threat_model": config.attack.norm, "eps": config.attack.eps, "seed": config.eval.attack_seed,
+        "precision": config.eval.precision,
+        "versions": {"robnets": __version__, **({"autoattack": reference_version()} if with_aa else {})},
+        "command": command,
+        "meta": {"model": config.model.name, "architecture": str(getattr(model, "genotype", "")),
+                 "model_args": getattr(model, "config", {}), "parameters": sum(p.numel() for p in model.parameters()),
+                 "dataset": config.data.dataset, "weights": weights, "threat_model": config.attack.norm,
+                 "eps": config.attack.eps, "precision": config.eval.precision, "seed": config.seed,
+                 "published": model_info(config.model.name).published},
+        "card": _card_identity(config, model, checkpoint),
+    }
+
+
+def _default_command(folder: Path) -> str:
+    import shlex
+    import sys
+
+    args = [a for a in sys.argv[1:] if a != "--distributed"]
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("--shard", "--output-dir"):
+            skip = True
+            continue
+        if a.startswith(("--shard=", "--output-dir=")):
+            continue
+        cleaned.append(a)
+    if not cleaned or cleaned[0] != "eval":
+        cleaned = ["eval", "..."]
+    return " ".join(["robnets", *map(shlex.quote, cleaned), "--shard", "{K}/{N}", "--output-dir",
+                     shlex.quote(str(folder))])
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -272,32 +420,6 @@ def _transfer_attacks(config: Config, engine: nn.Module, device: torch.device, l
     return {k.replace("transfer:clean", "clean"): v for k, v in attacks.items()}
 
 
-def _autoattack(config: Config, engine: nn.Module, dataset, count: int, batch_size: int, folder: Path, *,  # noqa: ANN001
-                resumable_here: bool, log) -> list[AttackResult]:  # noqa: ANN001
-    """The reference AutoAttack on the first ``count`` images, its state kept in the run folder."""
-    from .suites import collect, run_autoattack
-
-    x_all, y_all = collect(dataset, count, batch_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = folder / "autoattack_state.safetensors"
-    log(f"==> AutoAttack {'resumes from' if state.is_file() else 'keeps its state in'} {state}"
-        + ("" if resumable_here else f"; if it stops, continue it with --output-dir {folder}"))
-    eps = config.attack.eps if config.attack.norm == "Linf" else config.attack.l2_eps
-    return run_autoattack(engine, x_all, y_all, norm=config.attack.norm, eps=eps,
-                          version=config.eval.autoattack_version, seed=config.eval.attack_seed,
-                          precision=config.eval.precision, batch_size=batch_size, state_path=state, log=log)
-
-
-def _eps_sweep(config: Config, engine: nn.Module, dataset, count: int, batch_size: int, device: torch.device,  # noqa: ANN001
-               folder: Path, log):  # noqa: ANN001, ANN202
-    from .suites import eps_sweep
-
-    folder.mkdir(parents=True, exist_ok=True)
-    return eps_sweep(engine, dataset, eps_values=[e / 255 for e in config.eval.eps_sweep_255],
-                     steps=config.eval.sweep_steps, n=count, batch_size=batch_size, device=device,
-                     precision=config.eval.precision, seed=config.eval.attack_seed, folder=folder, log=log)
-
-
 def _sanity(config: Config, engine: nn.Module, dataset, count: int, device: torch.device, log) -> list:  # noqa: ANN001
     """The sanity checks on the first ``count`` images (flags written into the results)."""
     from .runner import iterate_batches
@@ -306,27 +428,6 @@ def _sanity(config: Config, engine: nn.Module, dataset, count: int, device: torc
     xs, ys = next(iterate_batches(dataset, count, count))
     return run_sanity_checks(engine, xs.to(device), ys.to(device), eps=config.attack.eps, level=config.eval.sanity,
                              precision=config.eval.precision, log=lambda line: log(f"==> sanity {line}"))
-
-
-def _metadata(config: Config, model: nn.Module, weights: str, device: torch.device, execution: str,
-              sanity: list) -> dict[str, Any]:
-    return {
-        "model": config.model.name,
-        "architecture": str(getattr(model, "genotype", "")),
-        "model_args": getattr(model, "config", {}),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dataset": config.data.dataset,
-        "weights": weights,
-        "threat_model": config.attack.norm,
-        "eps": config.attack.eps,
-        "device": str(device),
-        "precision": config.eval.precision,
-        "execution": execution,
-        "seed": config.seed,
-        "published": model_info(config.model.name).published,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "sanity": [flag.to_dict() for flag in sanity],
-    }
 
 
 def _write_or_explain(write, folder: Path, results: list[AttackResult], log):  # noqa: ANN001, ANN202

@@ -44,10 +44,19 @@ def write_results(results: Sequence[AttackResult], folder: str | Path, meta: dic
     json_path, md_path = folder / "results.json", folder / "results.md"
     write_json_atomic(json_path, payload)
     header = [f"# Evaluation: {meta.get('model', '?')} on {meta.get('dataset', '?')}", ""]
+    if meta.get("partial"):
+        header += [f"**PARTIAL**: shard(s) {', '.join(map(str, meta.get('missing_shards', [])))} missing or "
+                   f"unfinished; the rows below cover only the points of the shards present. Compute the rest with "
+                   f"`{(meta.get('missing_commands') or ['?'])[0]}` (each missing K), then merge again.", ""]
     for key in ("weights", "checkpoint", "threat_model", "eps", "device", "precision"):
         if meta.get(key) is not None:
             header.append(f"- {key}: {meta[key]}")
     lines = header + ["", results_table(results), ""]
+    if meta.get("shards") and len(meta["shards"]) > 1:
+        lines += ["## Shards", ""] + [
+            f"- shard {sh['shard']}: blocks {sh['blocks'][0]}-{sh['blocks'][1] - 1}, "
+            f"{'complete' if sh['complete'] else 'UNFINISHED'}, {sh.get('host') or '?'} ({sh.get('device') or '?'}), "
+            f"{sh.get('seconds') or '?'} s" for sh in meta["shards"]] + [""]
     if meta.get("sanity"):
         lines += ["## Sanity checks", ""] + [
             f"- [{'FLAG' if f['fired'] else 'ok'}] {f['name']}: {f['message']}" for f in meta["sanity"]] + [""]

@@ -102,8 +102,8 @@ class PreActResNet(_PooledClassifier):
 
 
 @register_model(description="PreActResNet-18 (CIFAR), the fast-adversarial-training baseline; CIFAR-10 normalization inside")
-def preact_resnet18(num_classes: int = 10, mean: list[float] | None = list(CIFAR10_MEAN),
-                    std: list[float] | None = list(CIFAR10_STD)) -> PreActResNet:
+def preact_resnet18(num_classes: int = 10, mean: Sequence[float] | None = CIFAR10_MEAN,
+                    std: Sequence[float] | None = CIFAR10_STD) -> PreActResNet:
     """PreActResNet-18 (11.2M parameters)."""
     return PreActResNet((2, 2, 2, 2), num_classes=num_classes, mean=mean, std=std)
 
@@ -185,15 +185,15 @@ class ResNet(_PooledClassifier):
 
 
 @register_model(description="ResNet-18 (CIFAR, kuangliu layout); CIFAR-10 normalization inside")
-def resnet18(num_classes: int = 10, mean: list[float] | None = list(CIFAR10_MEAN),
-             std: list[float] | None = list(CIFAR10_STD)) -> ResNet:
+def resnet18(num_classes: int = 10, mean: Sequence[float] | None = CIFAR10_MEAN,
+             std: Sequence[float] | None = CIFAR10_STD) -> ResNet:
     """ResNet-18 (11.2M parameters)."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, mean=mean, std=std)
 
 
 @register_model(description="ResNet-50 (CIFAR, kuangliu layout, bottleneck blocks); CIFAR-10 normalization inside")
-def resnet50(num_classes: int = 10, mean: list[float] | None = list(CIFAR10_MEAN),
-             std: list[float] | None = list(CIFAR10_STD)) -> ResNet:
+def resnet50(num_classes: int = 10, mean: Sequence[float] | None = CIFAR10_MEAN,
+             std: Sequence[float] | None = CIFAR10_STD) -> ResNet:
     """ResNet-50 (23.5M parameters)."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, mean=mean, std=std)
 
@@ -237,8 +237,8 @@ class WideResNet(_PooledClassifier):
 
 
 @register_model(description="WideResNet-28-10 (CIFAR), the Madry/TRADES baseline; CIFAR-10 normalization inside")
-def wide_resnet28_10(num_classes: int = 10, dropout: float = 0.0, mean: list[float] | None = list(CIFAR10_MEAN),
-                     std: list[float] | None = list(CIFAR10_STD)) -> WideResNet:
+def wide_resnet28_10(num_classes: int = 10, dropout: float = 0.0, mean: Sequence[float] | None = CIFAR10_MEAN,
+                     std: Sequence[float] | None = CIFAR10_STD) -> WideResNet:
     """WideResNet-28-10 (36.5M parameters)."""
     return WideResNet(28, 10, num_classes=num_classes, dropout=dropout, mean=mean, std=std)
 
@@ -304,7 +304,7 @@ class DenseNet(_PooledClassifier):
 
 
 @register_model(description="DenseNet-121 (CIFAR, kuangliu layout, growth 32); CIFAR-10 normalization inside")
-def densenet121(num_classes: int = 10, mean: list[float] | None = list(CIFAR10_MEAN),
-                std: list[float] | None = list(CIFAR10_STD)) -> DenseNet:
+def densenet121(num_classes: int = 10, mean: Sequence[float] | None = CIFAR10_MEAN,
+                std: Sequence[float] | None = CIFAR10_STD) -> DenseNet:
     """DenseNet-121 (7.0M parameters)."""
     return DenseNet((6, 12, 24, 16), growth_rate=32, reduction=0.5, num_classes=num_classes, mean=mean, std=std)

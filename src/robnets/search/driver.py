@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import load_config
 from ..errors import RobnetsError
 from ..runtime import resolve_device
-from ..training.distributed import init_distributed, shutdown
+from ..distributed import init_distributed, shutdown
 from .runner import Search, SearchResult
 
 

@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -49,10 +48,10 @@ from ..config import Config, save_config
 from ..data import load_dataset, resolve_data_root
 from ..data.arrays import ImageArrayDataset
 from ..errors import RobnetsError
-from ..io import atomic_path, folder_lock, sha256_file, write_json_atomic, write_text_atomic
+from ..io import append_jsonl, atomic_path, folder_lock, read_jsonl, sha256_file, write_json_atomic, write_text_atomic
 from ..models.genotype import Genotype
 from ..runtime import derive_seed, progress_bar, resolve_device
-from ..training.distributed import DistContext
+from ..distributed import DistContext
 from ..training.loader import GpuBatchLoader
 from ..training.methods import MethodSettings, make_inputs, training_loss
 from ..training.schedule import build_optimizer, set_learning_rate
@@ -77,34 +76,6 @@ class SearchResult:
 
 def _cosine(lr: float, step: int, total: int) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-def read_jsonl(paths: list[Path]) -> list[dict]:
-    """Records of every complete line of the given files (a line cut by a crash is ignored)."""
-    out = []
-    for path in paths:
-        if not path.is_file():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one record and make it durable before going on. A line torn by a crash before it is closed
-    first, so the new record starts a line of its own (and the torn one stays ignored)."""
-    torn = False
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            torn = handle.read(1) != b"\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(("\n" if torn else "") + json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class Search:

@@ -2,7 +2,7 @@
 fast single-step methods (FGSM-RS, N-FGSM), TRADES, bf16, a device-resident CIFAR pipeline, EMA, robust
 validation with best-checkpoint keeping, exact resume, and DDP under torchrun or slurm."""
 
-from .distributed import DistContext, detect_environment, init_distributed
+from ..distributed import DistContext, detect_environment, init_distributed
 from .ema import ModelEMA
 from .methods import METHODS, MethodSettings, make_inputs, training_loss
 from .schedule import build_optimizer, learning_rate, no_weight_decay_groups, scaled_lr

@@ -32,7 +32,7 @@ from ..io import atomic_path, folder_lock, write_text_atomic
 from ..models import RobNet
 from ..models.checkpoint import save_weights
 from ..runtime import derive_seed, eval_mode, progress_bar, resolve_device
-from .distributed import DistContext
+from ..distributed import DistContext
 from .ema import ModelEMA
 from .loader import GpuBatchLoader
 from .methods import SINGLE_STEP, MethodSettings, make_inputs, training_loss

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import RobnetsError
+from .errors import RobnetsError
 
 
 @dataclass(frozen=True)
