@@ -178,12 +178,14 @@ def eval_trial(seed: int, root: Path, data: Path, expected: dict, blocks: int, m
     folder = root / f"eval-trial{seed}"
     kills: list[str] = []
     per_shard = blocks // EVAL_SHARDS
+    kills_per_shard = -(-max_kills // EVAL_SHARDS)  # spread over the shards
     for k in range(EVAL_SHARDS):
         cmd, _ = commands(f"eval-shard{k}", folder, data)
+        here = 0
         while True:
             done = eval_progress(folder)
             left = (k + 1) * per_shard - done
-            if len(kills) < max_kills and left > 0:
+            if len(kills) < max_kills and here < kills_per_shard and left > 0:
                 target = done + rng.randrange(left)
                 delay = rng.uniform(0.0, 0.3)
                 reached: list[float] = []
@@ -196,6 +198,7 @@ def eval_trial(seed: int, root: Path, data: Path, expected: dict, blocks: int, m
 
                 if run_once(cmd, None, kill_when) is None:
                     kills.append(f"shard {k} after block {target} + {delay:.2f} s")
+                    here += 1
                     continue
             else:
                 run_once(cmd, None)
@@ -249,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.trials):
                 row = trial(kind, seed, root, data, expected, duration)
                 rows.append(row)
-                print(f"{kind} trial {seed}: killed at {row['kills_at_s']} s, "
-                      f"{'equal' if row['equal'] else 'DIFFERENT'}", flush=True)
+                print(f"{kind} trial {seed}: killed {'at' if kind != 'eval' else ''} {row['kills_at_s']}"
+                      f"{' s' if kind != 'eval' else ''}, {'equal' if row['equal'] else 'DIFFERENT'}", flush=True)
     summary = {k: {"trials": sum(r["kind"] == k for r in rows), "kills": sum(len(r["kills_at_s"]) for r in rows
                                                                             if r["kind"] == k),
                    "equal": sum(r["equal"] for r in rows if r["kind"] == k)} for k in args.kinds.split(",")}

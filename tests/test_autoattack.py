@@ -251,3 +251,27 @@ def test_a_cascade_stopped_after_an_attack_is_its_first_stages_and_goes_on_later
                                                                          until="apgd-t")
     with pytest.raises(RobnetsError, match="not an attack of this AutoAttack"):
         shrunk(version="custom", attacks=attacks).run_standard_evaluation(x, y, bs=16, until="fab-t")
+
+
+@pytest.mark.slow
+def test_progress_is_reported_per_chunk_and_verbose_prints_like_the_reference(trained, capsys):
+    model, x, y = trained
+    x, y = x[:24], y[:24]
+    seen = []
+    aa = AutoAttack(model, eps=EPS, version="custom", attacks=["apgd-ce", "apgd-t"], log=None, verbose=True,
+                    progress=lambda *args: seen.append(args))
+    original = aa._reference
+
+    def reference(model_, device):
+        inner = original(model_, device)
+        inner.apgd.n_iter, inner.apgd_targeted.n_iter, inner.apgd_targeted.n_target_classes = 5, 5, 2
+        return inner
+    aa._reference = reference
+    aa.run_standard_evaluation(x, y, bs=8)
+    for attack in ("apgd-ce", "apgd-t"):
+        rows = [s for s in seen if s[0] == attack]
+        assert rows[0][1] == 0 and rows[-1][1] == rows[-1][2]  # from none to all of the points it attacks
+        assert [r[1] for r in rows] == sorted(r[1] for r in rows) and all(r[4] == 24 for r in rows)
+        assert [r[3] for r in rows] == sorted((r[3] for r in rows), reverse=True)  # robust never rises
+    err = capsys.readouterr().err
+    assert "[autoattack] robust accuracy after APGD-CE" in err and "[autoattack] clean accuracy" in err

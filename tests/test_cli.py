@@ -298,8 +298,14 @@ def test_transfer_and_eot(tmp_path, capsys):
                  str(tmp_path / "source.safetensors"), "--eot", "2", "--output-dir", str(out), "--sanity", "off"])
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())["results"]
-    assert [r["attack"] for r in rows] == ["clean", "transfer:pgd2"]
+    assert [r["attack"] for r in rows] == ["clean", "transfer:pgd2+eot2"]  # the row says it is EOT
     assert rows[1]["settings"]["transfer_from"] and rows[1]["settings"]["eot_iter"] == 2
+    # a published weights name works as the transfer source, as --weights takes it
+    code = main(["eval", *TINY_EVAL, "--attacks", "clean,fgsm", "--n", "4", "--transfer-from", "robnet_compact",
+                 "--output-dir", str(tmp_path / "by_name"), "--sanity", "off"])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "by_name" / "results.json").read_text())["results"]
+    assert [r["attack"] for r in rows] == ["clean", "transfer:fgsm"]
 
 
 def test_eval_builds_the_architecture_a_project_checkpoint_names(tmp_path, capsys):

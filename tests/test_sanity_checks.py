@@ -68,18 +68,31 @@ def tiny_robnet():
                          nn.Flatten(), nn.Linear(64, 10))
 
 
-def _fired(flags):
-    return {f.name for f in flags if f.fired}
+def _fired(flags, with_chance=False):
+    """The flags that fired; chance_level left out by default (random labels put these models at chance; the
+    flag has tests of its own)."""
+    return {f.name for f in flags if f.fired and (with_chance or f.name != "chance_level")}
 
 
 def test_a_normal_model_raises_no_flag(tiny_robnet):
-    x, y = _data()
+    x, _ = _data()
+    with torch.no_grad():
+        y = tiny_robnet.eval()(x).argmax(1)  # labels it gets right: clean accuracy above chance
     flags = run_sanity_checks(tiny_robnet.eval(), x, y, level="full")
-    assert _fired(flags) == set()
+    assert _fired(flags, with_chance=True) == set()
     assert {f.name for f in flags} >= {"train_mode", "randomized_outputs", "probability_outputs", "zero_gradients",
                                        "eps_zero", "monotone_in_eps", "monotone_in_steps", "large_eps",
                                        "black_box_vs_white_box"}
     assert all("\n" not in f.message for f in flags)
+
+
+def test_clean_accuracy_at_chance_is_flagged(tiny_robnet):
+    x, _ = _data()
+    with torch.no_grad():
+        wrong = (tiny_robnet.eval()(x).argmax(1) + 1) % 10
+    flags = {f.name: f for f in run_sanity_checks(tiny_robnet.eval(), x, wrong, num_classes=10)}
+    assert flags["chance_level"].fired and "at or below chance (10.0% for 10 classes)" in flags["chance_level"].message
+    assert flags["chance_level"].details["clean"] == 0.0
 
 
 def test_train_mode_flag(tiny_robnet):

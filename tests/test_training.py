@@ -332,7 +332,7 @@ def test_bad_training_input_is_one_line(capsys, tmp_path):
     assert main(["train", "--model", "robnet_free", "--method", "magic"]) == 2
     assert "train.method must be one of" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
-    assert "expected a run folder" in capsys.readouterr().err
+    assert "is not a training run" in capsys.readouterr().err
 
 
 def test_rank_detection_from_torchrun_and_slurm(monkeypatch):
@@ -422,10 +422,66 @@ def test_a_signal_saves_the_run_and_exits_128_plus_the_signal(tiny_cifar, tmp_pa
     assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert (folder / "state.pt").is_file() and not (folder / "final.safetensors").exists()
     assert "state saved: resume with --resume" in (folder / "train.log").read_text()
-    resumed = subprocess.run([sys.executable, "-m", "robnets", "train", "--resume", str(folder), "--data-dir",
-                              str(tiny_cifar), "--no-progress", "--set", "train.epochs=1"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=300)
+    # the printed command works as printed: the run remembers its data
+    resumed = subprocess.run([sys.executable, "-m", "robnets", "train", "--resume", str(folder), "--no-progress",
+                              "--set", "train.epochs=1"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_signal_cuts_a_long_step_short_and_the_resume_is_exact(tiny_cifar, tmp_path, monkeypatch):
+    """SIGTERM in the middle of a step that would take minutes: the run stops within seconds, saves the state
+    of the last finished step (BatchNorm statistics, sums and random state of the cut step undone), and the
+    resumed run ends with the weights of an uninterrupted one."""
+    import signal
+    import threading
+    import time
+
+    from safetensors.torch import load_file
+
+    import robnets.training.trainer as trainer
+
+    common = ["train.method=fgsm_rs", "train.epochs=1", "train.train_size=96", "train.checkpoint_every_steps=0"]
+    full = _train(common, tiny_cifar, tmp_path / "full")
+    real, calls = trainer.training_loss, []
+
+    def slow_third_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        out = real(*args, **kwargs)  # the training forward: BatchNorm statistics have moved
+        calls.append(1)
+        if len(calls) == 3:  # then the third step takes "minutes"
+            threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+            time.sleep(120)
+        return out
+
+    monkeypatch.setattr(trainer, "training_loss", slow_third_step)
+    began = time.monotonic()
+    part = _train(common, tiny_cifar, tmp_path / "part")
+    assert time.monotonic() - began < 60 and not part.completed and part.stopped_by == signal.SIGTERM
+    assert part.step == 2  # the two finished steps, not the cut one
+    monkeypatch.setattr(trainer, "training_loss", real)
+    resumed = _train([], tiny_cifar, tmp_path / "part", resume=tmp_path / "part")
+    assert resumed.completed
+    a = load_file(tmp_path / "full" / "final.safetensors")
+    b = load_file(tmp_path / "part" / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", ["empty", "evaluation", "search", "config only"])
+def test_resume_refuses_what_is_not_a_training_run_and_writes_nothing(tmp_path, capsys, kind):
+    from robnets.cli import main
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    files = {"empty": [], "evaluation": ["config.yaml", "results.json", "shard.json"],
+             "search": ["config.yaml", "search.log", "scoring_key.json"], "config only": ["config.yaml"]}[kind]
+    for name in files:
+        (folder / name).write_text("{}\n" if name.endswith(".json") else "name: x\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["train", "--resume", str(folder), "--data-dir", str(tmp_path / "nodata")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a training run" in err[0], err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 @pytest.mark.slow
@@ -438,6 +494,7 @@ def test_a_run_stopped_before_its_first_save_resumes_from_the_beginning(tiny_cif
     _train(["train.epochs=1", "train.train_size=48"], tiny_cifar, tmp_path / "reference")
     folder.mkdir()
     shutil.copyfile(tmp_path / "reference" / "config.yaml", folder / "config.yaml")  # killed before state.pt
+    (folder / "train.log").write_text("[00:00:00] training run folder\n")
     assert main(["train", "--resume", str(folder), "--data-dir", str(tiny_cifar), "--no-progress"]) == 0
     ours, theirs = load_file(folder / "final.safetensors"), load_file(tmp_path / "reference" / "final.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -475,3 +532,45 @@ def test_a_resume_that_does_not_fit_changes_nothing_and_the_run_still_resumes(ti
     assert main(["train", "--resume", str(folder), "--data-dir", str(tiny_cifar), "--no-progress",
                  "--set", "train.max_steps=null"]) == 0
     assert (folder / "final.safetensors").is_file()
+
+
+def test_threads_from_the_flag_the_environment_or_the_idle_cores(monkeypatch):
+    import robnets.runtime as runtime
+    from robnets.errors import RobnetsError
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("ROBNETS_THREADS", raising=False)
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        assert runtime.configure_threads(1) == 1 == torch.get_num_threads()
+        monkeypatch.setenv("ROBNETS_THREADS", "2")
+        assert runtime.configure_threads() == 2 == torch.get_num_threads()
+        assert runtime.configure_threads(1) == 1  # the flag wins
+        monkeypatch.delenv("ROBNETS_THREADS")
+        monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
+        monkeypatch.setattr(runtime.os, "getloadavg", lambda: (2.6, 2.0, 2.0))
+        assert runtime.default_threads() == 5  # 8 cores, about 3 busy
+        monkeypatch.setattr(runtime.os, "getloadavg", lambda: (11.0, 9.0, 9.0))
+        assert runtime.default_threads() == 1  # never fewer than one
+        monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+        assert runtime.default_threads() == 2  # a torchrun rank's share
+        for bad in (0, "-1", "two"):
+            with pytest.raises(RobnetsError, match="positive whole number"):
+                runtime.configure_threads(bad)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_an_exploding_loss_is_a_warning_in_the_log_and_the_epoch_record(tiny_cifar, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="robnets.training"):
+        result = _train(["train.method=standard", "train.epochs=1", "train.train_size=96", "train.lr=30",
+                         "train.momentum=0.9"], tiny_cifar, tmp_path / "hot")
+    assert result.completed
+    record = json.loads((tmp_path / "hot" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "exploding" in record["loss_warning"]
+    assert "WARNING: training loss" in (tmp_path / "hot" / "train.log").read_text()
+    assert any("is far above chance" in r.getMessage() for r in caplog.records)

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .errors import RobnetsError
+from .runtime import THREADS_ENV
 
 DEMO_N = 500
 DEMO_N_ATTACK = 200
@@ -72,7 +73,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser, *, demo: bool = False) 
     threat.add_argument("--eps-sweep", nargs="?", const="0,1,2,4,6,8,10,12,16", metavar="EPS_LIST",
                         help="accuracy-vs-eps plot (PNG + JSON) at these eps in units of 1/255")
     threat.add_argument("--transfer-from", metavar="CHECKPOINT",
-                        help="black-box transfer: craft the attacks on this model, score them on the evaluated one")
+                        help="black-box transfer: craft the attacks on this model (a weights file, or published "
+                             "weights by name as --weights takes), score them on the evaluated one")
     threat.add_argument("--transfer-model", help="registered name of the transfer source (if not in its metadata)")
     threat.add_argument("--eot", type=int, metavar="K", help="average attack gradients over K forward passes")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
@@ -110,12 +112,21 @@ def _parse_eps(text: str) -> float:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes (an unknown flag, an invalid choice, a missing value) in one line, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        hint = f"; see robnets {self.prog.split(' ', 1)[1]} --help" if " " in self.prog else "; see robnets --help"
+        print(f"robnets: error: {message}{hint}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="robnets", description="Adversarially robust neural architectures.")
+    parser = _OneLineParser(prog="robnets", description="Adversarially robust neural architectures.")
     parser.add_argument("--version", action="version", version=f"robnets {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     p_eval = sub.add_parser("eval", help="clean and adversarial accuracy of a model", epilog=EVAL_EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="constructor override, e.g. --arg C=48 --arg imagenet_stem=true")
     p_info.add_argument("--codes", action="store_true", help="also print the original 2-bit code lists")
     p_info.add_argument("--json", action="store_true", help="print JSON")
+    for sub_parser in sub.choices.values():
+        sub_parser.add_argument("--threads", type=int, metavar="N",
+                                help=f"CPU threads (default: ${THREADS_ENV}, else the cores not already busy)")
     return parser
 
 
@@ -219,7 +233,13 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     if args.eps_sweep:
         out.append(f"eval.eps_sweep_255=[{args.eps_sweep}]")
     if args.transfer_from:
-        out.append(f"eval.transfer_checkpoint={args.transfer_from}")
+        source = args.transfer_from
+        if not Path(source).exists():  # a published weights name, as --weights takes
+            from .models.pretrained import PRETRAINED, pretrained_info, verified_path
+
+            if any(source in (w.name, w.model) for w in PRETRAINED):
+                source = str(verified_path(pretrained_info(source)))
+        out.append(f"eval.transfer_checkpoint={source}")
     if args.transfer_model:
         out.append(f"eval.transfer_model={args.transfer_model}")
     if args.eot:
@@ -393,7 +413,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "flops_per_image": flops, "input_size": list(size), "arguments": config,
             "genotype": str(genotype) if genotype is not None else None,
             "density": round(genotype.density(), 4) if genotype is not None else None,
-            "published": info.published, "paper": info.paper}
+            "paper_reports": info.published, "paper": info.paper}
     if args.codes and genotype is not None:
         data["codes"] = genotype.to_codes()
     if args.json:
@@ -408,7 +428,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  genotype        ({kind}, density {genotype.density():.3f})")
         print(f"    {genotype}")
     if info.published:
-        print(f"  published       {', '.join(f'{k} {v}%' for k, v in info.published.items())} ({info.paper})")
+        print(f"  paper reports   {', '.join(f'{k} {v}%' for k, v in info.published.items())} for its own weights "
+              f"({info.paper}; those weights are not distributed: `robnets weights` lists what is, with measured "
+              f"numbers)")
     if args.codes and genotype is not None:
         print(f"  2-bit codes     {json.dumps(genotype.to_codes())}")
     return 0
@@ -435,9 +457,13 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.driver import run_training
 
+    import os
+
     result = run_training(args.config, _train_overrides(args), output_dir=args.output_dir, data_dir=args.data_dir,
                           resume=args.resume, distributed=args.distributed, progress=not args.no_progress)
-    print(f"run folder: {result.folder} ({'complete' if result.completed else 'interrupted: resume with --resume'})")
+    if os.environ.get("RANK", "0") in ("", "0"):  # one line per run, not per process
+        print(f"run folder: {result.folder} "
+              f"({'complete' if result.completed else f'interrupted: resume with --resume {result.folder}'})")
     return _exit_status(result.stopped_by)
 
 
@@ -497,22 +523,51 @@ class _StderrHandler(logging.Handler):
 
 def configure_logging() -> None:
     """The command line shows the library's INFO lines (progress of training, search, AutoAttack) on stderr;
-    Python users of the library get them only if they configure logging themselves."""
+    Python users of the library get them only if they configure logging themselves. In a torchrun or slurm
+    launch only the first process speaks (others show warnings and errors), so each line appears once."""
+    import os
+
     logger = logging.getLogger("robnets")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler())
-    logger.setLevel(logging.INFO)
+    rank = os.environ.get("RANK") or (os.environ.get("SLURM_PROCID") if int(os.environ.get("SLURM_NTASKS", "1") or 1)
+                                      > 1 else None)
+    logger.setLevel(logging.INFO if rank in (None, "", "0") else logging.WARNING)
+
+
+def _with_threads(fn):  # noqa: ANN001, ANN202
+    """The command, after torch's CPU threads are set (--threads, $ROBNETS_THREADS, or the load-aware default)."""
+    def run(args: argparse.Namespace) -> int:
+        from .runtime import configure_threads
+
+        configure_threads(getattr(args, "threads", None))  # each run's first line says how many
+        return fn(args)
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
-    return run_guarded(COMMANDS[args.command], args)
+    return _quiet_on_closed_pipe(run_guarded, _with_threads(COMMANDS[args.command]), args)
+
+
+def _quiet_on_closed_pipe(fn, *args) -> int:  # noqa: ANN001
+    """Output into a pipe whose reader has gone (``robnets weights --json | head``) ends quietly, as in Unix tools."""
+    import os
+
+    try:
+        code = fn(*args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # nothing more reaches the closed pipe, not even at exit
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 # ------------------------------------------------------------------------------ original main.py flags
 def build_original_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="main.py", description="RobNets original command line (python main.py --config ... --eval_only)")
     parser.add_argument("--config", "-c", default="./experiments/RobNet_free_cifar10/config.py",
                         help="location of the config file")
@@ -525,6 +580,8 @@ def build_original_parser() -> argparse.ArgumentParser:
                                              "continues an interrupted evaluation)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--threads", type=int, metavar="N", help=f"CPU threads (default: ${THREADS_ENV}, else the "
+                        f"cores not already busy)")
     return parser
 
 
@@ -578,7 +635,7 @@ def original_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the repository's ``main.py`` (the original RobNets command line)."""
     args = build_original_parser().parse_args(argv)
     configure_logging()
-    return run_guarded(_original, args)
+    return _quiet_on_closed_pipe(run_guarded, _with_threads(_original), args)
 
 
 if __name__ == "__main__":

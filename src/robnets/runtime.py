@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 from .errors import RobnetsError
 
 PRECISIONS = ("fp32", "bf16")
+THREADS_ENV = "ROBNETS_THREADS"
 
 
 @contextlib.contextmanager
@@ -68,3 +70,33 @@ def derive_seed(*values: int) -> int:
         raise ValueError(f"seed components must be non-negative integers, got {values}")
     state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+
+
+def default_threads() -> int:
+    """CPU threads for one process: the cores not already busy (1-minute load average) and, under torchrun, this
+    process's share of them. Taking every core while another job runs makes each step wait on threads that
+    cannot run (measured in benchmarks/threads.py: several times slower than one thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, int(cores - busy + 0.5) // local)
+
+
+def configure_threads(threads: int | str | None = None) -> int:
+    """Set torch's CPU threads: ``threads``, else $ROBNETS_THREADS, else :func:`default_threads`; returns it."""
+    value = threads if threads is not None else (os.environ.get(THREADS_ENV) or None)
+    if value is None:
+        count = default_threads()
+    else:
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            count = 0
+        if count < 1:
+            where = f"${THREADS_ENV}" if threads is None else "--threads"
+            raise RobnetsError(f"{where} must be a positive whole number of CPU threads, got {value!r}")
+    torch.set_num_threads(count)
+    return count

@@ -117,13 +117,17 @@ class AutoAttack:
     (the first stages of a version, exactly as the whole version runs them); a later call with the same state
     file and no ``until`` goes on with the rest.
     ``seed`` fixes the reference's random draws; ``device`` defaults to the input's; ``log`` takes one line
-    per chunk and attack and the reference's warnings (``None``: silent).
+    per chunk and attack and the reference's warnings (default: the ``robnets.autoattack`` logger at INFO, which
+    Python shows once logging is configured; ``verbose=True`` prints them to stderr as the reference's
+    ``verbose`` does; ``None``: silent). ``progress(attack, points_done, points_to_attack, robust, n)`` is called
+    when an attack starts and after each chunk (the command line draws its progress bars from it).
     """
 
     def __init__(self, model: nn.Module, norm: str = "Linf", eps: float = 8 / 255, version: str = "standard",
                  attacks: Sequence[str] | None = None, seed: int = 0, precision: str = "fp32",
                  device: str | torch.device | None = None,
-                 log: Callable[[str], None] | None = _LOG) -> None:
+                 log: Callable[[str], None] | None = _LOG, verbose: bool = False,
+                 progress: Callable[[str, int, int, int, int], None] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise RobnetsError(f"AutoAttack needs an nn.Module, got {type(model).__name__}")
         if norm not in NORMS:
@@ -145,7 +149,15 @@ class AutoAttack:
         self.attacks = list(attacks) if attacks else None
         self.precision = check_precision(precision)
         self.device = torch.device(device) if device is not None else None
+        if verbose:
+            import sys
+
+            def log(line: str, _inner=log) -> None:  # noqa: ANN001
+                print(f"[autoattack] {line}", file=sys.stderr, flush=True)
+                if _inner is not None and _inner is not _LOG:
+                    _inner(line)
         self.log_fn = log
+        self.progress = progress
         self.clean_accuracy: float | None = None
         self.robust_accuracy: float | None = None
         self.robust_accuracy_history: list[tuple[str, float]] = []
@@ -251,6 +263,9 @@ class AutoAttack:
             state.current, state.todo, state.chunk, state.elapsed = attack, torch.nonzero(state.flags).flatten(), 0, 0.0
         aa.attacks_to_run = [attack]
         chunks = max(1, -(-len(state.todo) // bs))
+        n = len(state.flags)
+        if self.progress is not None:
+            self.progress(attack, min(state.chunk * bs, len(state.todo)), len(state.todo), int(state.flags.sum()), n)
         while state.chunk * bs < len(state.todo):
             started = time.perf_counter()
             idx = state.todo[state.chunk * bs:(state.chunk + 1) * bs]
@@ -264,6 +279,9 @@ class AutoAttack:
             state.elapsed += time.perf_counter() - started
             state.save(path)
             self._log(f"{attack}: chunk {state.chunk}/{chunks}, {int(fooled.sum())} of {len(idx)} points fooled")
+            if self.progress is not None:
+                self.progress(attack, min(state.chunk * bs, len(state.todo)), len(state.todo), int(state.flags.sum()),
+                              n)
         state.rows.append({"attack": attack, "robust": int(state.flags.sum()), "attacked": len(state.todo),
                            "seconds": round(max(state.elapsed, 1e-9), 3)})
         state.done.append(attack)

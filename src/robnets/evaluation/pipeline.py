@@ -22,7 +22,6 @@ from ..io import sha256_file, write_json_atomic, write_text_atomic
 from ..acceleration import accelerate, pgd_loop_for
 from ..models import RobNet
 from ..models.checkpoint import check_state_dict_matches, load_weights, read_checkpoint
-from ..models.registry import model_info
 from .report import model_card, results_table, write_results
 from ..runtime import resolve_device
 from .runner import AttackResult
@@ -87,7 +86,18 @@ def load_checkpoint_into(model: nn.Module, path: str | Path, model_name: str) ->
     if arch and genotype is not None and arch != str(genotype):
         raise RobnetsError(f"checkpoint {path} holds architecture {arch[:40]}..., not the configured "
                            f"{model_name}; fix model.name/genotype or the checkpoint")
-    load_weights(model, loaded, model_name=model_name, source=f"checkpoint {path}")
+    try:
+        load_weights(model, loaded, model_name=model_name, source=f"checkpoint {path}")
+    except RobnetsError as exc:  # say which settings the file does fit, read from its shapes
+        from ..models.loading import infer_robnet
+
+        fit = infer_robnet(loaded.state_dict) if not loaded.metadata.get("model") else None
+        if fit is None:
+            raise
+        settings = " ".join(f"model.{k}={str(v).lower() if isinstance(v, bool) else v}"
+                            for k, v in {"name": fit[0], **fit[1]}.items())
+        raise RobnetsError(f"{exc}. The file fits {settings}: drop the --config / --set / --model that "
+                           f"change these (robnets eval --checkpoint FILE reads them from the file)") from None
     return f"{path} (sha256 {sha256_file(path)[:16]}, {loaded.source_format} format)"
 
 
@@ -98,7 +108,8 @@ def attack_set(config: Config, model: nn.Module, step_loop: Any = None) -> dict[
         name = spec.strip().lower()
         if (not config.attack.enabled and name != "clean") or name == "autoattack":
             continue
-        attacks[name] = create_attack(
+        label = f"{name}+eot{config.attack.eot_iter}" if config.attack.eot_iter > 1 and name != "clean" else name
+        attacks[label] = create_attack(
             name, model, eps=config.attack.eps, alpha=config.attack.step_size, steps=config.attack.steps,
             random_start=config.attack.random_start, l2_eps=config.attack.l2_eps,
             l2_alpha=config.attack.l2_step_size, precision=config.eval.precision, seed=config.eval.attack_seed,
@@ -182,7 +193,7 @@ def run_evaluation(
     checkpoint = checkpoint or config.checkpoint.path
     model, weights, note = _model_with_weights(config, checkpoint, untrained)
     model.to(device).eval()
-    dataset = _test_set(config, model, data_dir, download)
+    dataset = _test_set(config, model, data_dir, download, checkpoint)
     engine, execution = _execution_path(config, model, device)
     attacks = attack_set(config, engine, step_loop=pgd_loop_for(device) if config.eval.execution == "fast" else None)
     batch_size = config.eval.batch_size or config.data.batch_size
@@ -198,8 +209,8 @@ def run_evaluation(
     where = f"shard {plan.index} of {plan.count}: blocks {plan.blocks.start}-{plan.blocks.stop - 1} of " \
             f"{plan.blocks_total}" if plan.count > 1 else f"{plan.blocks_total} block(s)"
     log(f"==> Evaluating {config.model.name} on {config.data.dataset} ({len(dataset)} images; n={plan.total}, "
-        f"{where} of {plan.block_size}) on {device}, {config.eval.precision}, batch {batch_size}; results kept "
-        f"in {store.folder}")
+        f"{where} of {plan.block_size}) on {device}{_threads(device)}, {config.eval.precision}, batch {batch_size}; "
+        f"results kept in {store.folder}")
     log(f"==> Execution: {execution}")
     started = time.perf_counter()
     run_table(engine, dataset, attacks, plan, store, device=device, batch_size=batch_size,
@@ -210,7 +221,7 @@ def run_evaluation(
         eps = config.attack.eps if config.attack.norm == "Linf" else config.attack.l2_eps
         run_autoattack(engine, dataset, plan, store, norm=config.attack.norm, eps=eps,
                        version=config.eval.autoattack_version, seed=config.eval.attack_seed,
-                       precision=config.eval.precision, batch_size=batch_size, log=log)
+                       precision=config.eval.precision, batch_size=batch_size, log=log, progress=progress)
     if config.eval.eps_sweep_255:
         run_sweep(engine, dataset, plan, store, eps_values=[e / 255 for e in config.eval.eps_sweep_255],
                   steps=config.eval.sweep_steps, batch_size=batch_size, device=device,
@@ -328,9 +339,21 @@ def _identity(config: Config, model: nn.Module, checkpoint: str | Path | None, w
                  "model_args": getattr(model, "config", {}), "parameters": sum(p.numel() for p in model.parameters()),
                  "dataset": config.data.dataset, "weights": weights, "threat_model": config.attack.norm,
                  "eps": config.attack.eps, "precision": config.eval.precision, "seed": config.seed,
-                 "published": model_info(config.model.name).published},
+                 **({"published_weights": _published_entry(sha)} if _published_entry(sha) else {})},
         "card": _card_identity(config, model, checkpoint),
     }
+
+
+def _threads(device: torch.device) -> str:
+    return f" with {torch.get_num_threads()} CPU thread(s) (--threads)" if device.type == "cpu" else ""
+
+
+def _published_entry(sha256: str | None) -> dict[str, Any] | None:
+    """The published weights' name and measured numbers, only when the evaluated file is those weights."""
+    from ..models.pretrained import PRETRAINED
+
+    entry = next((w for w in PRETRAINED if sha256 is not None and w.sha256 == sha256), None)
+    return entry.to_dict() if entry is not None else None
 
 
 def _default_command(folder: Path) -> str:
@@ -361,6 +384,10 @@ def _model_with_weights(config: Config, checkpoint: str | Path | None, untrained
                         ) -> tuple[nn.Module, str, str]:
     """(model, what its weights are, the line that says so): the checkpoint's weights, or random ones asked for."""
     model = build_model(config)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        from ..models.checkpoint import directory_message
+
+        raise RobnetsError(directory_message(Path(checkpoint)))
     if checkpoint is not None and not Path(checkpoint).is_file() and not untrained:
         raise RobnetsError(
             f"checkpoint {checkpoint} not found (the original RobNets download link is dead); pass "
@@ -377,7 +404,8 @@ def _model_with_weights(config: Config, checkpoint: str | Path | None, untrained
                        "config), or --untrained for random weights")
 
 
-def _test_set(config: Config, model: nn.Module, data_dir: str | Path | None, download: bool):  # noqa: ANN202
+def _test_set(config: Config, model: nn.Module, data_dir: str | Path | None, download: bool,  # noqa: ANN202
+              checkpoint: str | Path | None = None):
     """The test split, checked against the model (classes, input resolution)."""
     dataset_name = config.data.dataset
     info = DATASETS[dataset_name]
@@ -386,6 +414,14 @@ def _test_set(config: Config, model: nn.Module, data_dir: str | Path | None, dow
                            crop_size=config.data.input_size)
     num_classes = getattr(model, "num_classes", None)
     if num_classes is not None and num_classes != info.num_classes:
+        if checkpoint is not None and Path(checkpoint).is_file():  # the weights decide the classes, not a setting
+            classes = {k: v for k, v in read_checkpoint(checkpoint).state_dict.items() if k == "classifier.weight"}
+            if classes and int(classes["classifier.weight"].shape[0]) == num_classes:
+                others = ", ".join(n for n, i in DATASETS.items() if i.num_classes == num_classes) or "none here"
+                raise RobnetsError(f"the weights in {checkpoint} classify {num_classes} classes (their classifier has "
+                                   f"{num_classes} outputs) but {dataset_name} has {info.num_classes}: evaluate them "
+                                   f"on a {num_classes}-class dataset ({others}: --dataset), or use weights trained "
+                                   f"on {dataset_name}")
         raise RobnetsError(f"{dataset_name} has {info.num_classes} classes but the model has {num_classes} "
                            f"outputs; set model.num_classes={info.num_classes}")
     imagenet_stem = bool(getattr(model, "config", {}).get("imagenet_stem"))
@@ -427,7 +463,8 @@ def _sanity(config: Config, engine: nn.Module, dataset, count: int, device: torc
 
     xs, ys = next(iterate_batches(dataset, count, count))
     return run_sanity_checks(engine, xs.to(device), ys.to(device), eps=config.attack.eps, level=config.eval.sanity,
-                             precision=config.eval.precision, log=lambda line: log(f"==> sanity {line}"))
+                             precision=config.eval.precision, num_classes=getattr(dataset, "num_classes", None),
+                             log=lambda line: log(f"==> sanity {line}"))
 
 
 def _write_or_explain(write, folder: Path, results: list[AttackResult], log):  # noqa: ANN001, ANN202

@@ -17,7 +17,8 @@ def results_table(results: Sequence[AttackResult]) -> str:
     """A markdown table: attack, accuracy, n, seconds, images/s."""
     rows = [("attack", "accuracy (%)", "n", "seconds", "images/s")]
     for r in results:
-        rows.append((r.attack, f"{r.accuracy:.2f}", str(r.n), f"{r.seconds:.1f}", f"{r.images_per_s:.1f}"))
+        rate = r.images_per_s
+        rows.append((r.attack, f"{r.accuracy:.2f}", str(r.n), f"{r.seconds:.1f}", "-" if rate is None else f"{rate:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for k, row in enumerate(rows):

@@ -35,12 +35,14 @@ class AttackResult:
         return 100.0 * self.correct / self.n if self.n else float("nan")
 
     @property
-    def images_per_s(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else float("inf")
+    def images_per_s(self) -> float | None:
+        """Images per second; None when the time is too short to say (below a millisecond)."""
+        return self.n / self.seconds if self.seconds >= 1e-3 else None
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "correct_mask"}
-        return {**out, "accuracy": round(self.accuracy, 4), "images_per_s": round(self.images_per_s, 3)}
+        rate = self.images_per_s
+        return {**out, "accuracy": round(self.accuracy, 4), "images_per_s": round(rate, 3) if rate is not None else None}
 
 
 def iterate_batches(dataset: Dataset, batch_size: int, n: int | None = None,

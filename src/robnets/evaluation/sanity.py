@@ -2,8 +2,8 @@
 evaluating adversarial robustness"). Each check returns a :class:`SanityFlag` that explains itself in one
 line; a fired flag means the reported robust accuracy should not be trusted as it stands.
 
-``quick`` (default, a few forward/backward passes): model left in train mode, randomized outputs,
-probabilities instead of logits, zero input gradients, ε = 0 giving clean accuracy.
+``quick`` (default, a few forward/backward passes): model left in train mode, clean accuracy at or below
+chance, randomized outputs, probabilities instead of logits, zero input gradients, ε = 0 giving clean accuracy.
 ``full`` adds: accuracy non-increasing in ε and in the number of steps, a very large ε driving accuracy to
 ~0, and a black-box attack (Square) beating the white-box PGD (a sign of gradient masking).
 """
@@ -40,6 +40,23 @@ class SanityFlag:
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str) -> float:
     with torch.no_grad(), autocast_context(x.device, precision):
         return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def check_chance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
+                 num_classes: int | None = None) -> SanityFlag:
+    """Clean accuracy at or below chance: untrained or wrong weights, a label order or input scaling the model
+    was not trained for; a robust accuracy measured on such a model says nothing."""
+    classes = num_classes or int(y.max().item()) + 1
+    with eval_mode(model):
+        clean = _accuracy(model, x, y, precision)
+    chance = 100.0 / max(classes, 1)
+    detail = {"clean": clean, "chance": chance, "n": len(y)}
+    if clean <= chance:
+        return SanityFlag("chance_level", True, f"clean accuracy {clean:.1f}% on the first {len(y)} images is at or "
+                          f"below chance ({chance:.1f}% for {classes} classes): untrained or mismatched weights, "
+                          f"or inputs/labels the model was not trained for; robust accuracy means nothing here",
+                          detail)
+    return SanityFlag("chance_level", False, f"clean accuracy {clean:.1f}% is above chance ({chance:.1f}%)", detail)
 
 
 def check_train_mode(model: nn.Module) -> SanityFlag:
@@ -152,7 +169,7 @@ def check_black_box(model, x, y, eps, precision, tolerance, queries: int = 1000)
 
 
 def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
-                      level: str = "quick", precision: str = "fp32",
+                      level: str = "quick", precision: str = "fp32", num_classes: int | None = None,
                       log: Callable[[str], None] | None = None) -> list[SanityFlag]:
     """Run the checks of ``level`` on the batch (x, y); the model's modes are left as they were."""
     if level == "off":
@@ -162,7 +179,8 @@ def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
     tolerance = 100.0 / len(y) + 1e-9  # one example
     flags = [check_train_mode(model)]
     with eval_mode(model):
-        flags += [check_randomness(model, x, precision), check_probabilities(model, x, precision),
+        flags += [check_chance(model, x, y, precision, num_classes),
+                  check_randomness(model, x, precision), check_probabilities(model, x, precision),
                   check_zero_gradients(model, x, y, precision), check_eps_zero(model, x, y, precision)]
         if level == "full":
             flags += [check_monotone_eps(model, x, y, eps, precision, tolerance),

@@ -199,9 +199,31 @@ def run_table(engine: nn.Module, dataset: Dataset, attacks: dict[str, Attack | N
         log(f"==> {name}: blocks {todo[0]}-{todo[-1]} done")
 
 
+class _CascadeBars:
+    """Progress of AutoAttack on a terminal: a bar per attack of the block under way (points attacked, robust so
+    far, time left); elsewhere the log lines say the same per chunk and per attack."""
+
+    def __init__(self, enabled: bool, block: int, blocks: int) -> None:
+        self.enabled, self.label, self.bar, self.attack = enabled, f"block {block + 1}/{blocks}", None, None
+
+    def __call__(self, attack: str, done: int, total: int, robust: int, n: int) -> None:
+        if attack != self.attack:
+            self.close()
+            self.attack = attack
+            self.bar = progress_bar(total=total, initial=done, desc=f"{attack:>8} ({self.label})", unit="pt",
+                                    enabled=self.enabled, leave=False, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(robust=f"{100.0 * robust / max(n, 1):.1f}%")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def run_autoattack(engine: nn.Module, dataset: Dataset, plan: Plan, store: ShardStore, *, norm: str, eps: float,
                    version: str, seed: int, precision: str, batch_size: int,
-                   log: Callable[[str], None] = lambda _: None) -> None:
+                   log: Callable[[str], None] = lambda _: None, progress: bool = True) -> None:
     """The reference AutoAttack's cascade on each of this shard's blocks not yet done (chunk-level state for the
     block under way in ``aa_block<B>.safetensors``)."""
     from .suites import collect
@@ -212,10 +234,14 @@ def run_autoattack(engine: nn.Module, dataset: Dataset, plan: Plan, store: Shard
         if ("autoattack", b) in done or stop <= start:
             continue
         x, y = collect(_points(dataset, start, stop), stop - start, batch_size)
+        bars = _CascadeBars(progress, b, plan.blocks_total)
         aa = AutoAttack(engine, norm=norm, eps=eps, version=version, seed=seed, precision=precision,
-                        log=lambda line, b=b: log(f"==> autoattack block {b}: {line}"))
+                        log=lambda line, b=b: log(f"==> autoattack block {b}: {line}"), progress=bars)
         state = store.folder / f"aa_block{b}.safetensors"
-        aa.run_standard_evaluation(x, y, bs=batch_size, state_path=state)
+        try:
+            aa.run_standard_evaluation(x, y, bs=batch_size, state_path=state)
+        finally:
+            bars.close()
         n = stop - start
         store.add({"attack": "autoattack", "block": b, "start": start, "stop": stop,
                    "clean": pack_bits(aa.clean_flags), "bits": pack_bits(aa.robust_flags),

@@ -139,9 +139,20 @@ def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, to
     return state_dict
 
 
+def directory_message(path: Path) -> str:
+    """What to say when a folder is given where a weights file belongs (with the weights files it holds)."""
+    found = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".pt", ".pth",
+                                                                                      ".tar") and p.name != "state.pt")
+    hint = f": it holds {', '.join(found[:4])}; give one of them, e.g. {path / found[0]}" if found else \
+        "; give the weights file itself (a training run writes final.safetensors)"
+    return f"checkpoint {path} is a directory, not a weights file{hint}"
+
+
 def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     """Read weights (and metadata) from an original, plain or safetensors checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(directory_message(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; check the path (--checkpoint PATH)")
     if _is_safetensors(path):

@@ -116,7 +116,9 @@ class Search:
 
     def _data(self) -> tuple[ImageArrayDataset, ImageArrayDataset]:
         c, s = self.config, self.s
-        train = load_dataset(c.data.dataset, "train", resolve_data_root(self._data_dir, c.data.root))
+        root = resolve_data_root(self._data_dir, c.data.root)
+        train = load_dataset(c.data.dataset, "train", root)
+        c.data.root = str(root)  # saved with the search (as given): its resume finds the same data
         if not isinstance(train, ImageArrayDataset):
             raise RobnetsError(f"search supports the 32x32 array datasets (cifar10, cifar100, svhn), not "
                                f"{c.data.dataset}")
@@ -463,7 +465,8 @@ class Search:
         ctx.barrier()
         self.log(f"search in {self.folder}: {s.num_samples} {s.sampling} samples of a "
                  f"{'cell-based' if s.share else 'cell-free'} space ({self.space.size():.3g} architectures), "
-                 f"{len(train)} training / {len(val)} held-out images, {ctx.world_size} process(es), {self.device}")
+                 f"{len(train)} training / {len(val)} held-out images, {ctx.world_size} process(es), {self.device}"
+                 f"{f' with {torch.get_num_threads()} CPU thread(s)' if self.device.type == 'cpu' else ''}")
         with _StopFlag() as stop:
             if not self.train_supernet(supernet, train, stop):
                 return SearchResult(self.folder, False, [], None, stopped_by=stop.signum)

@@ -14,6 +14,23 @@ from ..distributed import init_distributed, shutdown
 from .trainer import STATE_FILE, Trainer, TrainResult
 
 
+def check_training_folder(folder: Path, given: str | os.PathLike) -> None:
+    """One error line unless ``folder`` is a training run (its config.yaml, and state.pt or train.log, which the
+    trainer writes before anything else); nothing is written."""
+    if not folder.is_dir():
+        raise RobnetsError(f"--resume {given}: {folder} does not exist; give the run folder of a training run")
+    names = {p.name for p in folder.iterdir()}
+    other = ("an evaluation" if names & {"results.json", "shard.json", "blocks.jsonl"} or any(
+        n.startswith("shard-") for n in names) else "a search" if names & {"search.log", "scoring_key.json",
+                                                                          "candidates.json", "supernet.safetensors",
+                                                                          "supernet_state.pt"} else None)
+    if other or "config.yaml" not in names or not names & {STATE_FILE, "train.log"}:
+        what = f"it holds {other} run" if other else ("it is empty: no config.yaml, train.log or state.pt" if not
+                                                      names else "it has no config.yaml with a train.log or state.pt")
+        raise RobnetsError(f"--resume {given}: {folder} is not a training run ({what}); give the folder a "
+                           f"`robnets train` run wrote (it printed 'resume with --resume FOLDER')")
+
+
 def run_training(config_path: str | os.PathLike | None, overrides: Sequence[str] = (), *,
                  output_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                  resume: str | os.PathLike | None = None, distributed: bool = False,
@@ -23,10 +40,8 @@ def run_training(config_path: str | os.PathLike | None, overrides: Sequence[str]
     overrides = list(overrides)
     if resume is not None:
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-        saved = folder / "config.yaml"
-        if not saved.is_file():
-            raise RobnetsError(f"--resume {resume}: expected a run folder with config.yaml (and {STATE_FILE})")
-        config = load_config(saved, overrides)
+        check_training_folder(folder, resume)
+        config = load_config(folder / "config.yaml", overrides)
         if not (folder / STATE_FILE).is_file():  # stopped before its first save: nothing to continue yet
             logging.getLogger("robnets.training").info(
                 f"{folder} holds no {STATE_FILE} yet (stopped before its first save): starting it from the "

@@ -65,13 +65,19 @@ class _Progress:
     history: list[dict] = field(default_factory=list)
 
 
+class _StepInterrupted(Exception):
+    """A stop signal arrived inside an interruptible region (a training step's attack, forward and backward)."""
+
+
 class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop finishes its step, saves and exits."""
+    """Set by SIGINT/SIGTERM; the loop saves and exits. Inside :meth:`interruptible` the signal also ends the work
+    under way at once (:class:`_StepInterrupted`), so a stop never waits for a long step to finish."""
 
     def __init__(self) -> None:
         self.raised = False
         self.signum: int | None = None  # the signal that stopped the loop (exit status 128 + signum)
         self._previous: dict[int, Any] = {}
+        self._armed = False
 
     def __enter__(self) -> _StopFlag:
         import threading
@@ -86,6 +92,20 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.raised = True
         self.signum = signum
+        if self._armed:
+            self._armed = False
+            raise _StepInterrupted
+
+    @contextlib.contextmanager
+    def interruptible(self, enabled: bool = True):  # noqa: ANN201
+        """A region a stop signal may cut short (raising :class:`_StepInterrupted` inside it)."""
+        if self.raised and enabled:
+            raise _StepInterrupted
+        self._armed = enabled
+        try:
+            yield
+        finally:
+            self._armed = False
 
     def __exit__(self, *exc) -> None:  # noqa: ANN002
         for sig, handler in self._previous.items():
@@ -140,14 +160,16 @@ class Trainer:
                 f"train-{config.name}-{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         self._resume_state = resume_state
         self._data_dir = data_dir
+        self._loss_alarm: dict[int, float] = {}  # epoch -> the largest step loss above the explosion limit
 
     # ------------------------------------------------------------------ helpers
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: int = logging.INFO) -> None:
+        """A line in train.log and through logging (warnings always; other lines with ``log_to_stderr``)."""
         if not self.ctx.is_main:
             return
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        if self.log_to_stderr:
-            logging.getLogger("robnets.training").info(line)
+        if self.log_to_stderr or level >= logging.WARNING:
+            logging.getLogger("robnets.training").log(level, line)
         with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
@@ -155,6 +177,7 @@ class Trainer:
         c, t = self.config, self.config.train
         root = resolve_data_root(self._data_dir, c.data.root)
         train = load_dataset(c.data.dataset, "train", root)
+        c.data.root = str(root)  # saved with the run (as given): its resume finds the same data
         if not isinstance(train, ImageArrayDataset):
             raise RobnetsError(f"training supports the 32x32 array datasets (cifar10, cifar100, svhn), not "
                                f"{c.data.dataset}")
@@ -249,6 +272,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         """The stages of a run, in order."""
         train, val = self._data()
+        self.num_classes = train.num_classes
         self.data_sha256 = train.digest() + (val.digest() if val is not None else "")
         loader = self._loader(train)
         model, optimizer, ema = self._build()
@@ -316,6 +340,8 @@ class Trainer:
         """The resolved config (a resume may override), and metrics.jsonl holding exactly the finished epochs."""
         if self.ctx.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
+            if self._resume_state is None:  # the log first: a folder with config.yaml but no train.log is no run
+                self.log(f"training run folder {self.folder}")
             save_config(self.config, self.folder / "config.yaml")
         self.ctx.barrier()
         if self._resume_state is not None:
@@ -365,7 +391,9 @@ class Trainer:
                  f"{c.data.dataset} ({len(train)} images, {len(val) if val else 0} held out) with {t.method}, "
                  f"eps {c.attack.eps:.5f}, global batch {self.global_batch} over {self.ctx.world_size} process(es), "
                  f"lr {self.base_lr:.5g}{' (scaled to the batch)' if t.scale_lr else ''}, {self.total_epochs} "
-                 f"epochs, {self.device}, {t.precision}")
+                 f"epochs, {self.device}"
+                 f"{f' with {torch.get_num_threads()} CPU thread(s)' if self.device.type == 'cpu' else ''}, "
+                 f"{t.precision}")
 
     def _train_epochs(self, loader, model, net, train_net, engine, optimizer, ema, progress, stop, val, probe,  # noqa: ANN001
                       writer) -> bool:  # noqa: ANN001
@@ -382,14 +410,24 @@ class Trainer:
                                leave=False, dynamic_ncols=True)
             for x, y in loader.iter_from(progress.step):
                 lr = self._lr(progress.epoch, progress.step, steps_per_epoch)
-                loss = self._train_step(x, y, model, net, train_net, engine, optimizer, ema, progress, lr)
+                try:
+                    loss = self._train_step(x, y, model, net, train_net, engine, optimizer, ema, progress, lr, stop)
+                except _StepInterrupted:  # the step was cut short and undone: save the last finished one
+                    self._save_state(self._state(model, optimizer, ema, progress))
+                    bar.close()
+                    self.log(f"stop signal: the step under way (epoch {progress.epoch}, step {progress.step}) was "
+                             f"cut short; the state after the last finished step is saved")
+                    return True
                 steps_done += 1
                 bar.update(1)
                 sums = progress.sums
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}%", lr=f"{lr:.4g}")
                 if not math.isfinite(loss):
-                    raise RobnetsError(f"training diverged (loss {loss}) at epoch {progress.epoch}, step "
-                                       f"{progress.step}; lower train.lr")
+                    message = (f"training diverged (loss {loss}) at epoch {progress.epoch + 1}, step {progress.step}; "
+                               f"lower train.lr")
+                    self.log(f"ERROR: {message}")
+                    raise RobnetsError(message)
+                self._watch_loss(loss, progress)
                 want_stop = stop.raised or (t.max_steps is not None and steps_done >= t.max_steps)
                 periodic = t.checkpoint_every_steps and progress.step % t.checkpoint_every_steps == 0
                 if want_stop or (periodic and progress.step < steps_per_epoch):
@@ -406,12 +444,40 @@ class Trainer:
                 break
         return False
 
-    def _train_step(self, x, y, model, net, train_net, engine, optimizer, ema, progress, lr) -> float:  # noqa: ANN001
-        """One optimizer step over a (global) batch in train.accumulate micro-batches; returns the last loss."""
-        c, ctx = self.config, self.ctx
+    def _train_step(self, x, y, model, net, train_net, engine, optimizer, ema, progress, lr,  # noqa: ANN001
+                    stop: _StopFlag | None = None) -> float:  # noqa: ANN001
+        """One optimizer step over a (global) batch in train.accumulate micro-batches; returns the last loss.
+
+        A stop signal during the attacks, forwards and backwards (one process; DDP ranks finish their step
+        together) cuts the step short: what it changed (BatchNorm statistics, the running sums, the random
+        state, gradients) is restored, and :class:`_StepInterrupted` leaves the state of the last finished step."""
+        ctx = self.ctx
         set_learning_rate(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         micro = list(zip(x.chunk(self.accumulate), y.chunk(self.accumulate)))
+        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        sums, rng = list(progress.sums), torch.get_rng_state()
+        region = stop.interruptible(not ctx.enabled) if stop is not None else contextlib.nullcontext()
+        try:
+            with region:
+                loss = self._micro_batches(micro, model, net, train_net, engine, progress)
+        except _StepInterrupted:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
+            progress.sums[:] = sums
+            torch.set_rng_state(rng)
+            optimizer.zero_grad(set_to_none=True)
+            raise
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        progress.step += 1
+        return loss.item()
+
+    def _micro_batches(self, micro, model, net, train_net, engine, progress) -> torch.Tensor:  # noqa: ANN001
+        """Attacks, forwards and backwards of one step's micro-batches (gradients accumulate); the last loss."""
+        c, ctx = self.config, self.ctx
         for m, (xm, ym) in enumerate(micro):
             # randomness of shard (rank, micro-batch): equal for DDP rank r and micro-batch r
             generator = torch.Generator(device=self.device).manual_seed(
@@ -428,11 +494,18 @@ class Trainer:
             progress.sums[0] += loss.item() * ym.shape[0]
             progress.sums[1] += (logits.argmax(1) == ym).sum().item()
             progress.sums[2] += ym.shape[0]
-        optimizer.step()
-        if ema is not None:
-            ema.update(model)
-        progress.step += 1
-        return loss.item()
+        return loss
+
+    def _watch_loss(self, loss: float, progress: _Progress) -> None:
+        """Warn once per epoch, in the log and the epoch's record, when a step's loss is far above chance
+        (5 x ln(classes)): the run is exploding (a too-high learning rate, most often) and its numbers mean little."""
+        limit = 5 * math.log(max(2, getattr(self, "num_classes", 10)))
+        if loss > limit and self._loss_alarm.get(progress.epoch) is None:
+            message = (f"WARNING: training loss {loss:.3g} at epoch {progress.epoch + 1}, step {progress.step} is far "
+                       f"above chance ({limit / 5:.2f}): the run is exploding; lower train.lr (or raise warmup)")
+            self.log(message, logging.WARNING)
+        if loss > limit:
+            self._loss_alarm[progress.epoch] = max(loss, self._loss_alarm.get(progress.epoch, 0.0))
 
     def _end_epoch(self, model, optimizer, ema, progress, val, probe, writer, steps_per_epoch, seconds,  # noqa: ANN001
                    steps_here) -> None:  # noqa: ANN001
@@ -447,6 +520,8 @@ class Trainer:
             "seconds": round(seconds, 2),
             # images this process trained on in this epoch since it started (a resumed epoch counts less)
             "images_per_s": round(steps_here * self.global_batch / seconds, 1)}
+        if self._loss_alarm.get(epoch) is not None:
+            record["loss_warning"] = f"exploding: a step loss of {self._loss_alarm[epoch]:.3g}, far above chance"
         if ctx.is_main:
             eval_model = ema.module if ema is not None else model
             if val is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == self.total_epochs):
