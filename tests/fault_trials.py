@@ -3,13 +3,14 @@ seeded random moments, resume each to the end, and compare the result with an un
 
     python -m tests.fault_trials --trials 20 [--kinds train,search,autoattack,eval] [--json OUT]
 
-Each trial draws its kill moments from its own seed (uniform over the uninterrupted run's wall time, so some
-land in start-up, some in the middle of a write); the run is started, killed, resumed and killed again until
-a resume finishes. The sharded evaluation is killed at progress points instead (after its k-th finished block,
-k drawn from the blocks still to come, plus a random fraction of a block), so every kill lands in work still to
-do however fast the machine is; each of its two shard jobs is killed and restarted on its own, then the shards
-are merged, and no block may have been computed twice. The test suite runs one trial per kind
-(tests/test_fault_trials.py).
+Each trial draws its kill moments from its own seed as progress points, not seconds: the run is killed as soon
+as its files show it has reached a drawn point of its work (a training step, a supernet step or scored
+candidate, an AutoAttack chunk, an evaluation block), drawn among the points still to come, plus a drawn
+fraction of the time one point takes (so some kills land in start-up, some in the middle of a write). Every
+kill therefore lands in work still to do, however fast or loaded the machine is. The run is started, killed,
+resumed and killed again until a resume finishes. The sharded evaluation's two shard jobs are each killed and
+restarted on their own, then merged, and no block may have been computed twice. The test suite runs one trial
+per kind (tests/test_fault_trials.py).
 """
 
 from __future__ import annotations
@@ -137,6 +138,45 @@ def equal(a: object, b: object) -> bool:
     return a == b
 
 
+def progress(kind: str, folder: Path) -> int:
+    """How far a run of ``kind`` in ``folder`` has come, read from its files (monotone across kills)."""
+    if kind == "train":
+        state = folder / "state.pt"
+        if (folder / "final.safetensors").is_file():
+            return 10 ** 9
+        if not state.is_file():
+            return 0
+        try:
+            saved = torch.load(state, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - replaced while read: no progress seen this time
+            return 0
+        return 1000 * int(saved["epoch"]) + int(saved["step"]) + 1
+    if kind == "search":
+        count = sum(len(p.read_text().splitlines()) for p in folder.glob("*.rank*.jsonl"))
+        if (folder / "supernet.safetensors").is_file():
+            return 10 ** 6 + count
+        state = folder / "supernet_state.pt"
+        try:
+            return 1 + int(torch.load(state, map_location="cpu", weights_only=True)["step"]) if state.is_file() else 0
+        except Exception:  # noqa: BLE001
+            return 0
+    if kind == "autoattack":
+        if (folder / "x_adv.pt").is_file():
+            return 10 ** 6
+        state = folder / "aa_state.safetensors"
+        if not state.is_file():
+            return 0
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(state), framework="pt") as handle:
+                meta = json.loads(handle.metadata()["state"])
+        except Exception:  # noqa: BLE001
+            return 0
+        return 1 + 1000 * len(meta["done"]) + int(meta["chunk"])
+    return eval_progress(folder)
+
+
 def run_once(cmd: list[str], kill_after: float | None, kill_when=None) -> int | None:  # noqa: ANN001
     """Run ``cmd``; kill -9 it after ``kill_after`` seconds, or as soon as ``kill_when()`` is true (None: let it
     finish). Returns its exit status, or None when it was killed."""
@@ -167,8 +207,19 @@ def reference(kind: str, root: Path, data: Path) -> tuple[dict, float]:
             run_once(commands(f"eval-shard{k}", folder, data)[0], None)
         return outcome(kind, folder), float(eval_progress(folder))  # the eval trials count blocks, not seconds
     start, _ = commands(kind, folder, data)
-    run_once(start, None)
+    points: set[int] = set()
+
+    def watch() -> bool:  # records every progress point the uninterrupted run passes
+        points.add(progress(kind, folder))
+        return False
+
+    run_once(start, None, watch)
+    points.add(progress(kind, folder))
+    reference_points[kind] = sorted(points)
     return outcome(kind, folder), time.perf_counter() - began
+
+
+reference_points: dict[str, list[int]] = {}
 
 
 def eval_trial(seed: int, root: Path, data: Path, expected: dict, blocks: int, max_kills: int) -> dict:
@@ -218,15 +269,29 @@ def trial(kind: str, seed: int, root: Path, data: Path, expected: dict, duration
     rng = random.Random(f"{kind}-{seed}")
     folder = root / f"{kind}-trial{seed}"
     start, resume = commands(kind, folder, data)
+    points = reference_points[kind]  # the progress points of the uninterrupted run, the last one its end
+    unit = duration / max(1, len(points))  # the time one point takes, on average
     kills, cmd = [], start
     while True:
-        kill_after = rng.uniform(0.2, duration) if len(kills) < max_kills else None
-        status = run_once(cmd, kill_after)
-        if status is None:
-            kills.append(round(kill_after, 2))
-            # a run killed before it wrote its config starts afresh; after that, it resumes
-            cmd = resume if (folder / "config.yaml").is_file() or kind == "autoattack" else start
-            continue
+        now = progress(kind, folder)
+        ahead = [p for p in points[:-2] if p >= now]  # at least two points of work after the kill point
+        if len(kills) < max_kills and ahead:
+            target, delay = rng.choice(ahead), rng.uniform(0.0, 0.5 * unit)
+            reached: list[float] = []
+
+            def kill_when(target=target, delay=delay, reached=reached) -> bool:  # noqa: ANN001
+                if progress(kind, folder) >= target:
+                    reached.append(time.perf_counter()) if not reached else None
+                    return time.perf_counter() - reached[0] >= delay
+                return False
+
+            if run_once(cmd, None, kill_when) is None:
+                kills.append(f"point {target} + {delay:.2f} s")
+                # a run killed before it wrote its config starts afresh; after that, it resumes
+                cmd = resume if (folder / "config.yaml").is_file() or kind == "autoattack" else start
+                continue
+        else:
+            run_once(cmd, None)
         break
     same = equal(outcome(kind, folder), expected)
     shutil.rmtree(folder, ignore_errors=True)
@@ -252,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.trials):
                 row = trial(kind, seed, root, data, expected, duration)
                 rows.append(row)
-                print(f"{kind} trial {seed}: killed {'at' if kind != 'eval' else ''} {row['kills_at_s']}"
-                      f"{' s' if kind != 'eval' else ''}, {'equal' if row['equal'] else 'DIFFERENT'}", flush=True)
+                print(f"{kind} trial {seed}: killed {row['kills_at_s']}, {'equal' if row['equal'] else 'DIFFERENT'}",
+                      flush=True)
     summary = {k: {"trials": sum(r["kind"] == k for r in rows), "kills": sum(len(r["kills_at_s"]) for r in rows
                                                                             if r["kind"] == k),
                    "equal": sum(r["equal"] for r in rows if r["kind"] == k)} for k in args.kinds.split(",")}

@@ -574,3 +574,54 @@ def test_packed_bits_round_trip_compactly():
     assert np.array_equal(unpack_bits(pack_bits([True, False, True]), 3), [True, False, True])
     with pytest.raises(ValueError, match="not 9"):
         unpack_bits(pack_bits([True] * 17), 9)
+
+
+def _bad_images(folder):  # noqa: ANN001, ANN202
+    """Files that image decoders refuse, each with its own kind of error (not only OSError)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):  # noqa: ANN001, ANN202
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n"
+    files = {
+        "empty.JPEG": b"",
+        "random.JPEG": bytes(range(256)) * 4,
+        "truncated.JPEG": b"\xff\xd8\xff\xe0" + b"\x00" * 30,
+        "text.png": b"just some text, not pixels\n",
+        # a header claiming 30,000 x 30,000 pixels: PIL's decompression-bomb guard (its own error class)
+        "bomb.png": png + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""),
+        # a valid header, then image data that does not inflate
+        "garbled.png": png + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", b"\x00garbage\xff" * 3) + chunk(b"IEND", b""),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return sorted(files)
+
+
+def test_any_undecodable_image_is_one_line_naming_the_file(tmp_path):
+    from robnets.evaluation.runner import iterate_batches
+
+    wnid = rdata.imagenet_wnids()[7][0]
+    folder = tmp_path / "imagenet" / "val" / wnid
+    folder.mkdir(parents=True)
+    names = _bad_images(folder)
+    dataset = load_dataset("imagenet", "val", tmp_path)
+    kinds = set()
+    for i, (path, _) in enumerate(dataset.samples):
+        with pytest.raises(DataError, match=f"cannot decode image .*{path.name}") as info:
+            dataset[i]
+        assert "\n" not in str(info.value)
+        kinds.add(str(info.value).split("(", 1)[1].split(":", 1)[0])
+    assert len(names) == len(dataset) and len(kinds) >= 3, kinds  # several error classes, all caught
+    for name in ("bomb.png", "garbled.png"):  # inside a data-loader worker too
+        single = tmp_path / "one" / "imagenet" / "val" / wnid
+        single.mkdir(parents=True, exist_ok=True)
+        for old in single.iterdir():
+            old.unlink()
+        (single / name).write_bytes((folder / name).read_bytes())
+        with pytest.raises(DataError, match=name) as info:
+            list(iterate_batches(load_dataset("imagenet", "val", tmp_path / "one"), 1, num_workers=1))
+        assert "\n" not in str(info.value) and "Traceback" not in str(info.value)

@@ -140,3 +140,24 @@ def test_slurm_tasks_evaluate_their_shards_like_srun_would(weights, tmp_path):
                            "--set", "eval.block_size=3")) == 0
     assert _per_example(tmp_path / "slurm") == _per_example(tmp_path / "one")
     assert len(json.loads((tmp_path / "slurm" / "results.json").read_text())["shards"]) == 2
+
+
+def test_the_python_call_gives_the_numbers_and_files_of_the_command_line(tmp_path, capsys):
+    import robnets
+    from torch import nn
+
+    model = robnets.create_model("robnet_compact", pretrained=True)
+    run = robnets.evaluate(model, "cifar10-sample", suite="quick", n=12, n_attack=6, batch_size=6,
+                           output_dir=tmp_path / "api")
+    assert main(["eval", "--weights", "robnet_compact", "--sample", "--n", "12", "--n-attack", "6", "--batch-size", "6",
+                 "--output-dir", str(tmp_path / "cli"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert _per_example(tmp_path / "api") == _per_example(tmp_path / "cli")
+    assert {r.attack: (r.correct, r.n) for r in run.results} == {
+        r["attack"]: (r["correct"], r["n"]) for r in json.loads((tmp_path / "cli" / "results.json").read_text())["results"]}
+    assert {p.name for p in (tmp_path / "api").iterdir()} >= {"results.json", "results.md", "config.yaml"}
+    # any module that follows the model contract: float NCHW in [0, 1], logits out
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    run = robnets.evaluate(plain, "cifar10-sample", attacks=["clean", "fgsm"], n=8, sanity="off",
+                           output_dir=tmp_path / "plain")
+    assert [r.attack for r in run.results] == ["clean", "fgsm"] and run.meta["model"] == "Sequential"

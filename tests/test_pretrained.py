@@ -176,3 +176,20 @@ def test_the_wheel_holds_configs_and_weights_and_builds_without_warnings(tmp_pat
     assert not any(n.startswith(("tests/", "studies/", "benchmarks/")) for n in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "License-Expression: MIT" in metadata and "<" not in metadata.split("Requires-Dist: torch")[1][:12]
+
+
+def test_pretrained_with_another_class_count_keeps_the_backbone_and_replaces_the_head(caplog):
+    import logging
+
+    import torch
+
+    with caplog.at_level(logging.INFO, logger="robnets.models"):
+        tuned = robnets.create_model("robnet_compact", pretrained=True, num_classes=100)
+    reference = robnets.create_model("robnet_compact", pretrained=True)
+    assert tuned.classifier.out_features == 100 == tuned.num_classes and tuned.config["num_classes"] == 100
+    assert tuned(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+    ours, theirs = tuned.state_dict(), reference.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs if not k.startswith("classifier."))
+    assert [r.getMessage() for r in caplog.records if "classifier replaced" in r.getMessage()]
+    same = robnets.create_model("robnet_compact", pretrained=True, num_classes=10)  # the weights' own: nothing replaced
+    assert torch.equal(same.classifier.weight, reference.classifier.weight)

@@ -574,3 +574,27 @@ def test_an_exploding_loss_is_a_warning_in_the_log_and_the_epoch_record(tiny_cif
     assert "exploding" in record["loss_warning"]
     assert "WARNING: training loss" in (tmp_path / "hot" / "train.log").read_text()
     assert any("is far above chance" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_the_documented_one_minute_cpu_run(tmp_path):
+    """docs/training.md's small-run example, run exactly as written (DATA = the real CIFAR-10 in ../shared)."""
+    import re
+    import shlex
+
+    from .conftest import CIFAR10_NPZ
+
+    if not (CIFAR10_NPZ / "train_0.npz").is_file():
+        pytest.skip(f"needs the real CIFAR-10 training set in {CIFAR10_NPZ} (../shared)")
+    text = (REPO / "docs" / "training.md").read_text()
+    block = re.search(r"## A one-minute run on a CPU.*?```bash\n(.*?)```", text, re.S)[1]
+    args = shlex.split(block.replace("\\\n", " "))
+    assert args[0] == "robnets"
+    args = [str(CIFAR10_NPZ.parent) if a == "DATA" else str(tmp_path / "run") if a == "runs/one-minute" else a
+            for a in args[1:]]
+    done = subprocess.run([sys.executable, "-m", "robnets", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"val_clean", "val_robust", "probe_pgd10_acc"} <= set(record)
+    assert (tmp_path / "run" / "final.safetensors").is_file()

@@ -52,12 +52,14 @@ class ImageNetFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         path, label = self.samples[i]
-        try:
+        try:  # decoders raise their own error types for files they refuse (not only OSError): any is this file's
             with Image.open(path) as image:
                 image = image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot decode image {path} ({exc}); the file is corrupt") from None
-        return self.transform(image), label
+            return self.transform(image), label
+        except Exception as exc:  # noqa: BLE001
+            reason = " ".join(str(exc).split()) or "no detail"
+            raise DataError(f"cannot decode image {path} ({type(exc).__name__}: {reason}); the file is corrupt or "
+                            f"not an image: replace or remove it") from None

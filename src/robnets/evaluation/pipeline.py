@@ -170,6 +170,7 @@ def run_evaluation(
     shard: tuple[int, int] | None = None,
     ctx: DistContext | None = None,
     command: str | None = None,
+    model: nn.Module | None = None,
 ) -> EvaluationRun | None:
     """Evaluate the configured model; write results.json, results.md and config.yaml into a run folder.
 
@@ -177,7 +178,9 @@ def run_evaluation(
     that the same command resumes an interrupted run. ``shard=(K, N)`` computes only shard K of N into
     ``<folder>/shard-K-of-N`` (an independent job; ``robnets merge`` combines the shards); under torchrun or slurm
     (``ctx``) every rank computes its shard and rank 0 merges them into the run folder (other ranks return None).
-    ``command`` is the command line that computes shard ``{K}``, named for any shard found missing.
+    ``command`` is the command line that computes shard ``{K}``, named for any shard found missing. ``model``
+    evaluates that module (float NCHW in [0, 1] in, logits out) instead of the configured one; its weights are
+    identified by the sha256 of its state.
     """
     ctx = ctx or DistContext()
     device = resolve_device(config.eval.device)
@@ -190,8 +193,16 @@ def run_evaluation(
     if ctx.enabled and not output_dir:
         raise RobnetsError("a distributed evaluation needs --output-dir (every rank writes its shard there)")
     check_output_folder(folder)
-    checkpoint = checkpoint or config.checkpoint.path
-    model, weights, note = _model_with_weights(config, checkpoint, untrained)
+    if model is None:
+        checkpoint = checkpoint or config.checkpoint.path
+        model, weights, note = _model_with_weights(config, checkpoint, untrained)
+    else:
+        from ..attacks.reference_autoattack import model_digest
+
+        checkpoint = None
+        weights = f"{type(model).__name__} given in Python (state sha256 {model_digest(model)})"
+        note = f"==> Evaluating the {type(model).__name__} given ({sum(p.numel() for p in model.parameters()):,} " \
+               f"parameters)"
     model.to(device).eval()
     dataset = _test_set(config, model, data_dir, download, checkpoint)
     engine, execution = _execution_path(config, model, device)

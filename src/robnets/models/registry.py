@@ -98,7 +98,9 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs: Any) -> nn
     Keyword arguments override the registered defaults; the original implementation's names
     (``AdPoolSize``, ``ImgNetBB``) are accepted too. ``pretrained=True`` loads the model's default published
     weights, ``pretrained='<tag>'`` (or the name ``'<model>.<tag>'``) named ones, verified by sha256
-    (``robnets weights`` lists them). The model is returned in eval mode.
+    (``robnets weights`` lists them). With ``num_classes`` other than the weights' (fine-tuning, as in timm) the
+    published backbone is loaded and the classifier replaced by a new one of that size, said in one log line.
+    The model is returned in eval mode.
     """
     if "." in name:
         name, tag = name.split(".", 1)
@@ -117,7 +119,11 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs: Any) -> nn
         if entry.model != name:
             raise RobnetsError(f"published weights {entry.name} belong to model {entry.model!r}, not {name!r}")
         weights = entry.name
-        kwargs = {**pretrained_model_args(weights), **kwargs}
+        saved = pretrained_model_args(weights)
+        new_classes = kwargs.pop("num_classes", None)
+        if new_classes is not None and new_classes == saved.get("num_classes"):
+            new_classes = None
+        kwargs = {**saved, **kwargs}
     accepted = inspect.signature(info.builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     if not takes_any:
@@ -133,8 +139,28 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs: Any) -> nn
         from .pretrained import load_pretrained
 
         load_pretrained(model, weights)
+        if new_classes is not None:
+            _replace_classifier(model, new_classes, weights)
     model.eval()
     return model
+
+
+def _replace_classifier(model: nn.Module, num_classes: int, weights: str) -> None:
+    """A new classifier of ``num_classes`` outputs on the loaded backbone (fine-tuning), said in one log line."""
+    import logging
+
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise RobnetsError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    attribute = "classifier" if isinstance(getattr(model, "classifier", None), nn.Linear) else "linear"
+    old = getattr(model, attribute, None)
+    if not isinstance(old, nn.Linear):
+        raise RobnetsError(f"{type(model).__name__} has no linear classifier to replace for num_classes={num_classes}")
+    setattr(model, attribute, nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype))
+    if isinstance(getattr(model, "config", None), dict):
+        model.config["num_classes"] = num_classes
+    logging.getLogger("robnets.models").info(
+        f"create_model: published weights {weights} loaded as the backbone; its {old.out_features}-class classifier "
+        f"replaced by a new {num_classes}-class one (randomly initialized: fine-tune it)")
 
 
 # --------------------------------------------------------------------------------------------- RobNets
