@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             if job is not None:
                 job.kill()
                 job.wait()
-    print(f"| machine | threads asked | threads used | step (s) |\n|---|---|---:|---:|")
+    print("| machine | threads asked | threads used | step (s) |\n|---|---|---:|---:|")
     for r in rows:
         label = "robnets default" if r["setting"] == "default" else r["setting"]
         print(f"| {r['machine']} (load {r['load']}) | {label} | {r['threads']} | {r['seconds']:.3f} |")

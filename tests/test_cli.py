@@ -369,3 +369,64 @@ def test_non_finite_logits_during_evaluation_are_an_error():
 
     with pytest.raises(RobnetsError, match="non-finite logits"):
         evaluate(NaNModel(), load_sample(), {"clean": None}, n=8, progress=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--suite", "bogus"], "invalid choice: 'bogus'"),
+    (["eval", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["eval", "--n"], "expected one argument"),
+])
+def test_usage_mistakes_are_one_line_not_the_whole_usage(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("robnets: error:") and message in err[0]
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    done = subprocess.run(f"{sys.executable} -m robnets weights --json | head -c 1", shell=True, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "[" and done.stderr == "", done.stderr
+
+
+def test_messages_that_lead_somewhere(tmp_path, capsys):
+    import robnets
+    from robnets.models.checkpoint import save_weights
+
+    # a folder given as a checkpoint says so, and names the weights files in it
+    save_weights(robnets.create_model("robnet_large_v1", C=4, layers=3), tmp_path / "run" / "final.safetensors")
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--sample", *FAST_EVAL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a directory, not a weights file" in err[0] and "final.safetensors" in err[0]
+    # a 100-class checkpoint on a 10-class dataset: the weights decide, no advice to change num_classes
+    hundred = robnets.create_model("robnet_large_v1", C=4, layers=3, num_classes=100)
+    torch.save({"state_dict": hundred.state_dict(), "epoch": 1, "best_acc": 0.0}, tmp_path / "c100.pth.tar")
+    assert main(["eval", "--checkpoint", str(tmp_path / "c100.pth.tar"), "--sample", *FAST_EVAL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classify 100 classes" in err[0] and "cifar100" in err[0] and "set model" not in err[0]
+    # a checkpoint that does not fit --config: the settings it does fit, read from its shapes
+    assert main(["eval", "--config", "RobNet_large_cifar10", "--checkpoint", str(tmp_path / "c100.pth.tar"),
+                 "--sample", *FAST_EVAL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "The file fits model.name=robnet_large_v1 model.C=4 model.layers=3" in err[0]
+    # published numbers only for the published file itself
+    assert main(["eval", "--weights", "robnet_compact", "--sample", "--n", "4", "--attacks", "clean",
+                 "--output-dir", str(tmp_path / "pub"), *FAST_EVAL]) == 0
+    published = json.loads((tmp_path / "pub" / "results.json").read_text())
+    assert published["published_weights"]["name"] == "robnet_compact.nfgsm_3ep_cifar10"
+    other = robnets.create_model("robnet_compact")
+    save_weights(other, tmp_path / "other.safetensors", model_name="robnet_compact")
+    assert main(["eval", "--checkpoint", str(tmp_path / "other.safetensors"), "--sample", "--n", "4", "--attacks",
+                 "clean", "--output-dir", str(tmp_path / "other"), *FAST_EVAL]) == 0
+    assert "published_weights" not in json.loads((tmp_path / "other" / "results.json").read_text())
+    capsys.readouterr()
+
+
+def test_a_rate_from_no_measurable_time_is_not_printed():
+    from robnets.evaluation.report import results_table
+    from robnets.evaluation.runner import AttackResult
+
+    row = AttackResult("clean", 3, 4, 0.0)
+    assert row.images_per_s is None and row.to_dict()["images_per_s"] is None
+    assert results_table([row]).splitlines()[-1].replace(" ", "").endswith("|-|")

@@ -443,7 +443,7 @@ def test_a_signal_cuts_a_long_step_short_and_the_resume_is_exact(tiny_cifar, tmp
     import robnets.training.trainer as trainer
 
     common = ["train.method=fgsm_rs", "train.epochs=1", "train.train_size=96", "train.checkpoint_every_steps=0"]
-    full = _train(common, tiny_cifar, tmp_path / "full")
+    assert _train(common, tiny_cifar, tmp_path / "full").completed
     real, calls = trainer.training_loss, []
 
     def slow_third_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202

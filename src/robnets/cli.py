@@ -277,6 +277,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     _check_counts(args)
     overrides = _eval_overrides(args)
+    notes: list[str] = []  # said once the run is known to start (an error is one line)
     if args.weights:
         from .models.pretrained import pretrained_info, verified_path
 
@@ -284,8 +285,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise RobnetsError("give --weights NAME or --checkpoint PATH / --untrained, not both")
         entry = pretrained_info(args.weights)
         args.checkpoint = str(verified_path(entry))
-        print(f"==> Published weights {entry.name} ({entry.model}, {entry.dataset}, {entry.threat_model} "
-              f"{entry.eps * 255:.0f}/255; sha256 verified)", file=sys.stderr)
+        notes.append(f"==> Published weights {entry.name} ({entry.model}, {entry.dataset}, {entry.threat_model} "
+                     f"{entry.eps * 255:.0f}/255; sha256 verified)")
     if args.config is None and args.checkpoint:
         # the checkpoint names its architecture (this project's metadata) or shows it (original keys and shapes)
         from .evaluation.pipeline import model_overrides_from_checkpoint
@@ -294,8 +295,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.model:  # the user's model name wins; width, depth and classes still come from the file
             found = [o for o in found if not o.startswith(("model.name=", "model.genotype="))]
         if found and not args.model and not str(args.checkpoint).endswith(".safetensors"):
-            print(f"==> Architecture read from the checkpoint's keys and shapes: "
-                  f"{', '.join(o.removeprefix('model.') for o in found)}", file=sys.stderr)
+            notes.append(f"==> Architecture read from the checkpoint's keys and shapes: "
+                         f"{', '.join(o.removeprefix('model.') for o in found)}")
         overrides = found + overrides
     config = load_config(args.config, overrides)
     if args.config is None and not args.model:
@@ -313,7 +314,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         run = run_evaluation(config, checkpoint=args.checkpoint, untrained=args.untrained, data_dir=args.data_dir,
                              download=args.download, output_dir=args.output_dir, n_attack=args.n_attack,
                              progress=not args.no_progress and ctx.is_main,
-                             log=lambda m: print(m, file=sys.stderr) if ctx.is_main else None, shard=shard, ctx=ctx)
+                             log=lambda m: print(m, file=sys.stderr) if ctx.is_main else None, shard=shard, ctx=ctx,
+                             notes=notes)
     finally:
         shutdown(ctx)
     if run is not None:

@@ -171,6 +171,7 @@ def run_evaluation(
     ctx: DistContext | None = None,
     command: str | None = None,
     model: nn.Module | None = None,
+    notes: list[str] | tuple[str, ...] = (),
 ) -> EvaluationRun | None:
     """Evaluate the configured model; write results.json, results.md and config.yaml into a run folder.
 
@@ -216,7 +217,8 @@ def run_evaluation(
     identity = _identity(config, model, checkpoint, weights, dataset, attacks, plan, batch_size,
                          command or _default_command(folder))
     store.open(identity)
-    log(note)
+    for line in (*notes, note):
+        log(line)
     where = f"shard {plan.index} of {plan.count}: blocks {plan.blocks.start}-{plan.blocks.stop - 1} of " \
             f"{plan.blocks_total}" if plan.count > 1 else f"{plan.blocks_total} block(s)"
     log(f"==> Evaluating {config.model.name} on {config.data.dataset} ({len(dataset)} images; n={plan.total}, "
