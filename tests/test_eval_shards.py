@@ -42,9 +42,12 @@ def _per_example(folder):  # noqa: ANN001, ANN202
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite, n, port", [("quick", 24, 29631), ("autoattack", 12, 29632)])
-def test_one_process_and_two_ranks_give_every_point_the_same_result(weights, tmp_path, suite, n, port):
-    settings = ["--suite", suite, "--n-points", str(n), "--batch-size", "4", "--set", "eval.block_size=4"]
+# AutoAttack at 4/255: APGD-CE (seeded per block) breaks every point the tiny model gets right, so the later
+# attacks of the cascade have no survivor to spend minutes on
+@pytest.mark.parametrize("suite, n, eps, port", [("quick", 24, "2/255", 29631), ("autoattack", 16, "4/255", 29632)])
+def test_one_process_and_two_ranks_give_every_point_the_same_result(weights, tmp_path, suite, n, eps, port):
+    settings = ["--suite", suite, "--n-points", str(n), "--batch-size", "4", "--set", "eval.block_size=4",
+                "--eps", eps]
     assert main(_eval_args(weights, tmp_path / "one", *settings)) == 0
     done = _torchrun(_eval_args(weights, tmp_path / "two", *settings), port)
     assert done.stdout.count("| clean") == 1  # one table, from rank 0

@@ -52,8 +52,9 @@ def register_model(
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
+        # tuples as lists: the form a model's ``config`` and a checkpoint's JSON metadata hold
         defaults = {
-            p.name: p.default
+            p.name: list(p.default) if isinstance(p.default, tuple) else p.default
             for p in inspect.signature(fn).parameters.values()
             if p.default is not inspect.Parameter.empty
         }
