@@ -155,7 +155,13 @@ def claims_block() -> tuple[dict[str, str], dict]:
         family += fsp_rows(free, SEARCHES["free"])
         facts["free"] = free
     if "cell_live" in facts:
-        family += fsp_rows(facts["cell_live"], SEARCHES["cell_live"])
+        rows = facts["cell_live"]
+        family += fsp_rows(rows, SEARCHES["cell_live"])
+        if any(r.get("fsp_relative_deep") is not None for r in rows):  # what the raw loss measures
+            family.append((3, f"{SEARCHES['cell_live']}: raw vs relative deep-cell FSP loss",
+                           _tau([r["fsp_deep"] for r in rows], [r["fsp_relative_deep"] for r in rows])))
+            family.append((3, f"{SEARCHES['cell_live']}: raw deep-cell FSP loss vs effective parameters",
+                           _tau([r["fsp_deep"] for r in rows], [r["eff_params"] for r in rows])))
     adjusted = holm([c.get("kendall_p") for _, _, c in family])
     blocks = {}
     for claim in (1, 2, 3):
@@ -219,10 +225,16 @@ def _segments(lines: list[str]) -> list[list[tuple[float, str]]]:
             offset += 86400
             t += 86400
         last = t
-        if m[4].startswith(("search in ", "training ")) or not out:
+        text = re.sub(r"^\[rank \d+\] ", "", m[4])  # a distributed search's lines name their rank
+        if text.startswith(("search in ", "training ")) or not out:
             out.append([])
-        out[-1].append((t, m[4]))
+        out[-1].append((t, text))
     return out
+
+
+# what the logs cannot say: the cell_live scoring processes were suspended for about 10 minutes mid-run
+SCORING_NOTES = {"cell_live": "; two processes (one for the first two); the wall time and the longest candidate include about 10 min "
+                              "in which both processes were suspended"}
 
 
 def search_times(name: str) -> dict[str, float] | None:
@@ -230,16 +242,18 @@ def search_times(name: str) -> dict[str, float] | None:
     if not log.is_file():
         return None
     supernet = scoring = 0.0
-    loss = None
+    loss, since = None, 0
     for segment in _segments(log.read_text().splitlines()):
         start = next((t for t, text in segment if text.startswith("supernet: ")), None)
         end = next((t for t, text in segment if text.startswith(("supernet trained", "stopped at supernet"))), None)
         if start is not None and end is not None:
             supernet += end - start
+        resumed = next((int(m[1]) for _, text in segment for m in [re.match(r"resuming supernet training at step "
+                                                                             r"(\d+)", text)] if m), 0)
         for t, text in segment:
             m = re.match(r"supernet trained: .*mean loss ([\d.]+)", text)
             if m:
-                loss = float(m[1])
+                loss, since = float(m[1]), resumed
         first = next((t for t, text in segment if text.startswith(("candidate ", "FSP filter"))), None)
         scored = [t for t, text in segment if text.startswith(("candidate ", "search done"))]
         if first is not None and scored:
@@ -252,7 +266,8 @@ def search_times(name: str) -> dict[str, float] | None:
         end = next((t for t, text in segment if text.startswith("noise floor")), None)
         if start is not None and end is not None:
             rescore += end - start
-    return {"supernet": supernet, "scoring": scoring, "rescore": rescore, "supernet_loss": loss}
+    return {"supernet": supernet, "scoring": scoring, "rescore": rescore, "supernet_loss": loss,
+            "supernet_loss_since": since}
 
 
 def train_seconds(folder: Path) -> float:
@@ -267,13 +282,15 @@ def walltime_block() -> str:
         if t is None:
             continue
         if t["supernet"]:
-            lines.append(f"| {SEARCHES[name]}: supernet, 1,500 steps | {t['supernet'] / 60:.0f} min | final mean "
-                         f"training loss {_f(t['supernet_loss'], 3)} (chance: ln 10 = 2.303) |")
+            lines.append(f"| {SEARCHES[name]}: supernet, 1,500 steps | {t['supernet'] / 60:.0f} min | mean "
+                         f"adversarial training loss {_f(t['supernet_loss'], 3)} over steps "
+                         f"{t['supernet_loss_since'] + 1:,}-1,500 (chance: ln 10 = 2.303) |")
         rows = [r for r in (_load(RUNS / name / "architectures.json") or []) if r.get("status") == "scored"]
         if rows:
             per = [r["seconds"] for r in rows]
             lines.append(f"| {SEARCHES[name]}: {len(rows)} candidates | {t['scoring'] / 60:.0f} min | "
-                         f"{min(per):.0f}-{max(per):.0f} s each (median {np.median(per):.0f}) |")
+                         f"{min(per):.0f}-{max(per):.0f} s each (median {np.median(per):.0f})"
+                         f"{SCORING_NOTES.get(name, '')} |")
         if t["rescore"]:
             lines.append(f"| {SEARCHES[name]}: noise floor, 12 re-scores | {t['rescore'] / 60:.0f} min | |")
     finals = sorted((RUNS / "finalists").glob("*-seed*"))
