@@ -1,7 +1,7 @@
 """Fault trials: kill -9 a tiny training run, a tiny search, a tiny AutoAttack run and a sharded evaluation at
-seeded random moments, resume each to the end, and compare the result with an uninterrupted run (bitwise).
+seeded progress points, resume each to the end, and compare the result with an uninterrupted run (bitwise).
 
-    python -m tests.fault_trials --trials 20 [--kinds train,search,autoattack,eval] [--json OUT]
+    python -m tests.fault_trials --trials 10 [--kinds train,search,autoattack,eval] [--json OUT]
 
 Each trial draws its kill moments from its own seed as progress points, not seconds: the run is killed as soon
 as its files show it has reached a drawn point of its work (a training step, a supernet step or scored
@@ -263,7 +263,7 @@ def eval_trial(seed: int, root: Path, data: Path, expected: dict, blocks: int, m
 
 def trial(kind: str, seed: int, root: Path, data: Path, expected: dict, duration: float,
           max_kills: int = 3) -> dict:
-    """One seeded trial: up to ``max_kills`` kills at random moments, then resumes until the run finishes."""
+    """One seeded trial: up to ``max_kills`` kills at seeded progress points, then resumes until the run finishes."""
     if kind == "eval":
         return eval_trial(seed, root, data, expected, int(duration), max_kills)
     rng = random.Random(f"{kind}-{seed}")
@@ -300,7 +300,7 @@ def trial(kind: str, seed: int, root: Path, data: Path, expected: dict, duration
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--kinds", default="train,search,autoattack,eval")
     parser.add_argument("--json")
     parser.add_argument("--autoattack-worker", metavar="FOLDER", help=argparse.SUPPRESS)

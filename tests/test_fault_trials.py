@@ -1,6 +1,6 @@
-"""kill -9 at seeded random moments of a tiny training run, search and AutoAttack run, and at seeded progress
-points of a sharded evaluation; each resumed to the end must equal the uninterrupted run bitwise (one trial per kind here; ``python -m tests.fault_trials
---trials 20`` runs the full set)."""
+"""kill -9 at seeded progress points of a tiny training run, search, AutoAttack run and sharded evaluation;
+each resumed to the end must equal the uninterrupted run bitwise (one trial per kind here;
+``python -m tests.fault_trials --trials 10`` runs the full set)."""
 
 from __future__ import annotations
 
