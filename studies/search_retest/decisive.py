@@ -11,8 +11,9 @@ A job is one (arm, seed): train from scratch with finalist.yaml at the arm's wid
 RobNet-large's cell the reference AutoAttack's APGD-CE and APGD-T (its standard cascade stopped after APGD-T)
 on the first 500 of those points. Per-image correctness is saved as packed bits. Every phase resumes where it
 stopped (the training state, the AutoAttack state) and nothing done is recomputed; once a job is complete its
-weights and resume states are deleted (their sha256 stays in the results). Several workers may run at once:
-each takes the first job no other worker holds.
+weights and resume states are deleted (their sha256 stays in the results); while a job is under way its one
+resume state (replaced, never accumulated) is committed with it, so a job resumes on another machine.
+Several workers may run at once: each takes the first job no other worker holds.
 """
 
 from __future__ import annotations
