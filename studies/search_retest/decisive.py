@@ -48,6 +48,7 @@ TOLERANCE = 0.03  # every arm's parameter count within +-3 % of RobNet-large's a
 SEEDS_MAIN, SEEDS_OTHER = 6, 3  # the search's top cell and RobNet-large's: 6 seeds; every other arm: 3
 POINTS_SEED, PGD_POINTS, APGD_POINTS = 31, 2000, 500
 EPS, STEP = 8 / 255, 2 / 255
+EVAL_BLOCK = 1000  # points per evaluation block (robnets eval's default eval.block_size)
 
 
 def log(message: str) -> None:
@@ -200,38 +201,69 @@ def test_set(data_dir: str):  # noqa: ANN201
     return load_dataset("cifar10", "test", data_dir)
 
 
-def evaluate_job(arm: dict, seed: int, folder: Path, data_dir: str) -> None:
-    """Clean accuracy on all 10,000 test images and PGD-20 on the registered 2,000, per image."""
+def evaluate_job(arm: dict, seed: int, folder: Path, data_dir: str, stop=None) -> bool:  # noqa: ANN001
+    """Clean accuracy on all 10,000 test images and PGD-20 on the registered 2,000, per image, in blocks of
+    1,000 points (each attack's random stream restarted at its seed at every block, as ``robnets eval`` does);
+    every finished block is kept in ``eval.partial.json``, so a stopped evaluation resumes at its next block.
+    False when ``stop.raised`` ended it between blocks."""
     from robnets.acceleration import accelerate
     from robnets.attacks import PGD
     from robnets.evaluation import evaluate
+    from robnets.io import unpack_bits
     from robnets.models.loading import load_model
 
     weights = folder / "final.safetensors"
     model = load_model(weights).eval()
     if parameters(arm["genotype"], arm["C"]) != sum(p.numel() for p in model.parameters()):
         raise RobnetsError(f"{weights} is not the network of arm {arm['name']}")
+    sha = sha256_file(weights)
     engine = accelerate(model, torch.device("cpu"))[0]
     test = test_set(data_dir)
     points = json.loads(POINTS.read_text())["pgd20"]
-    started = time.perf_counter()
-    clean, = evaluate(engine, test, {"clean": None}, batch_size=200, progress=False, record_examples=True)
-    pgd, = evaluate(engine, test.select(points), {"pgd20": PGD(engine, eps=EPS, alpha=STEP, steps=20, seed=0)},
-                    batch_size=200, progress=False, record_examples=True)
+    partial_file = folder / "eval.partial.json"
+    partial = json.loads(partial_file.read_text()) if partial_file.is_file() else {}
+    if partial.get("weights_sha256") != sha:
+        partial = {"weights_sha256": sha, "blocks": {}}
+    work = [("clean", b, list(range(b, min(b + EVAL_BLOCK, len(test))))) for b in range(0, len(test), EVAL_BLOCK)]
+    work += [("pgd20", b, points[b:b + EVAL_BLOCK]) for b in range(0, len(points), EVAL_BLOCK)]
+    for kind, b, indices in work:
+        key = f"{kind}:{b}"
+        if key in partial["blocks"]:
+            continue
+        if stop is not None and stop.raised:
+            return False
+        attack = None if kind == "clean" else PGD(engine, eps=EPS, alpha=STEP, steps=20, seed=0)
+        res, = evaluate(engine, test.select(indices), {kind: attack}, batch_size=200, progress=False,
+                        record_examples=True)
+        partial["blocks"][key] = {"n": res.n, "bits": pack_bits(res.correct_mask), "seconds": res.seconds,
+                                  "settings": res.settings}
+        write_json_atomic(partial_file, partial)
+
+    def merged(kind: str, n: int) -> dict:
+        blocks = sorted((int(k.split(":")[1]), v) for k, v in partial["blocks"].items() if k.startswith(kind + ":"))
+        bits = np.concatenate([unpack_bits(v["bits"], v["n"]) for _, v in blocks])
+        if len(bits) != n:
+            raise RobnetsError(f"{partial_file}: {kind} covers {len(bits)} points, not {n}")
+        return {"n": n, "correct": int(bits.sum()), "accuracy": 100 * float(bits.mean()), "bits": pack_bits(bits),
+                "seconds": round(sum(v["seconds"] for _, v in blocks), 1), "settings": blocks[0][1]["settings"],
+                "block_size": EVAL_BLOCK}
+
+    clean, pgd = merged("clean", len(test)), merged("pgd20", len(points))
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     result = {
         "arm": arm["name"], "seed": seed, "genotype": arm["genotype"], "C": arm["C"], "params": arm["params"],
-        "weights_sha256": sha256_file(weights), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "weights_sha256": sha, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "train_seconds": round(sum(m.get("seconds", 0.0) for m in metrics), 1),
         "train_epochs": metrics,
-        "clean": {"n": clean.n, "correct": clean.correct, "accuracy": clean.accuracy, "points": "all 10,000 (in order)",
-                  "bits": pack_bits(clean.correct_mask), "seconds": round(clean.seconds, 1)},
-        "pgd20": {"n": pgd.n, "correct": pgd.correct, "accuracy": pgd.accuracy, "points": "points.json: pgd20",
-                  "settings": pgd.settings, "bits": pack_bits(pgd.correct_mask), "seconds": round(pgd.seconds, 1)},
-        "eval_seconds": round(time.perf_counter() - started, 1),
+        "clean": {**clean, "points": "all 10,000 (in order)"},
+        "pgd20": {**pgd, "points": "points.json: pgd20"},
+        "eval_seconds": round(clean["seconds"] + pgd["seconds"], 1),
     }
     write_json_atomic(folder / "eval.json", result)
-    log(f"{folder.name}: clean {clean.accuracy:.2f} % (n={clean.n}), PGD-20 {pgd.accuracy:.2f} % (n={pgd.n})")
+    partial_file.unlink(missing_ok=True)
+    log(f"{folder.name}: clean {clean['accuracy']:.2f} % (n={clean['n']}), PGD-20 {pgd['accuracy']:.2f} % "
+        f"(n={pgd['n']})")
+    return True
 
 
 def apgd_job(arm: dict, seed: int, folder: Path, data_dir: str) -> bool:
@@ -293,8 +325,9 @@ def run(data_dir: str, max_jobs: int | None) -> int:
                 log(f"{name}: training stopped; run again to resume")
                 return 1
             with _StopFlag() as stop:
-                if not (folder / "eval.json").is_file():
-                    evaluate_job(arm, seed, folder, data_dir)
+                if not (folder / "eval.json").is_file() and not evaluate_job(arm, seed, folder, data_dir, stop):
+                    log(f"{name}: evaluation stopped; run again to resume at its next block")
+                    return 1
                 if stop.raised:
                     return 1
             if needs_apgd(arm) and not (folder / "apgd.json").is_file():
