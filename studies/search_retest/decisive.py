@@ -308,6 +308,10 @@ def run(data_dir: str, max_jobs: int | None) -> int:
 
     if not ARMS.is_file() or not POINTS.is_file():
         raise RobnetsError(f"{ARMS} and {POINTS} are missing: run 'decisive.py pick' first")
+    # run folders and the data named relative to the repository, so the committed logs and configs hold no
+    # path of the machine that ran them
+    data_dir = os.path.relpath(os.path.abspath(data_dir), ROOT)
+    os.chdir(ROOT)
     done_here = 0
     for arm, seed in jobs():
         if max_jobs is not None and done_here >= max_jobs:
@@ -319,7 +323,7 @@ def run(data_dir: str, max_jobs: int | None) -> int:
         with claim(name) as mine:
             if not mine:
                 continue
-            folder = RUNS / name
+            folder = (RUNS / name).relative_to(ROOT)
             log(f"{name}: C={arm['C']}, {arm['params']:,} parameters, {arm['genotype']}")
             if not train(arm, seed, folder, data_dir):
                 log(f"{name}: training stopped; run again to resume")

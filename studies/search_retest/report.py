@@ -271,8 +271,15 @@ def search_times(name: str) -> dict[str, float] | None:
 
 
 def train_seconds(folder: Path) -> float:
-    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return sum(m["seconds"] for m in metrics)
+    """A training run's wall time from its train.log: each process's span, summed over the resumes (validation
+    and the probe included; the time between a stop and its resume not)."""
+    spans: list[list[float]] = []
+    for segment in _segments((folder / "train.log").read_text().splitlines()):
+        for t, text in segment:
+            if text.startswith(("training run folder", "resuming ")) or not spans:
+                spans.append([t, t])
+            spans[-1][1] = t
+    return sum(end - start for start, end in spans)
 
 
 def walltime_block() -> str:
@@ -305,7 +312,7 @@ def walltime_block() -> str:
     done = [f for f in sorted((DECISIVE / "runs").glob("*-seed*")) if (f / "eval.json").is_file()]
     if done:
         evals = [_load(f / "eval.json") for f in done]
-        train = [e["train_seconds"] for e in evals]
+        train = [train_seconds(f) for f in done]
         ev = [e["eval_seconds"] for e in evals]
         lines.append(f"| decisive experiment: training, {len(done)} runs | {sum(train) / 3600:.1f} h | "
                      f"{min(train) / 60:.0f}-{max(train) / 60:.0f} min each, one thread |")
@@ -401,7 +408,7 @@ def decisive_results() -> dict | None:
             run = {"clean": ev["clean"]["accuracy"], "pgd20": ev["pgd20"]["accuracy"],
                    "pgd_bits": unpack_bits(ev["pgd20"]["bits"], ev["pgd20"]["n"]),
                    "clean_bits": unpack_bits(ev["clean"]["bits"], ev["clean"]["n"]),
-                   "train_seconds": ev["train_seconds"]}
+                   "train_seconds": train_seconds(folder)}
             ap = _load(folder / "apgd.json")
             if ap is not None:
                 run.update(apgd=ap["robust_accuracy"], apgd_bits=unpack_bits(ap["robust_bits"], ap["n"]))
