@@ -310,18 +310,26 @@ def walltime_block() -> str:
             lines.append(f"| first finalists: AutoAttack (n = 200), {len(aa)} runs | {sum(aa) / 60:.0f} min | "
                          f"{min(aa) / 60:.0f}-{max(aa) / 60:.0f} min each |")
     done = [f for f in sorted((DECISIVE / "runs").glob("*-seed*")) if (f / "eval.json").is_file()]
+
+    def runs(n: int) -> str:
+        return f"{n} run" + ("s" if n != 1 else "")
+
+    def spread(minutes: list[float], what: str) -> str:
+        low, high = f"{min(minutes):.0f}", f"{max(minutes):.0f}"
+        return f"{low} min" if low == high else f"{low}-{high} min {what}"
+
     if done:
         evals = [_load(f / "eval.json") for f in done]
         train = [train_seconds(f) for f in done]
         ev = [e["eval_seconds"] for e in evals]
-        lines.append(f"| decisive experiment: training, {len(done)} runs | {sum(train) / 3600:.1f} h | "
-                     f"{min(train) / 60:.0f}-{max(train) / 60:.0f} min each, one thread |")
-        lines.append(f"| decisive experiment: clean + PGD-20, {len(done)} runs | {sum(ev) / 60:.0f} min | |")
+        lines.append(f"| decisive experiment: training, {runs(len(done))} | {sum(train) / 3600:.1f} h | "
+                     f"{spread([t / 60 for t in train], 'each')}, one thread each |")
+        lines.append(f"| decisive experiment: clean + PGD-20, {runs(len(done))} | {sum(ev) / 60:.0f} min | |")
         apgd = [_load(f / "apgd.json") for f in done if (f / "apgd.json").is_file()]
         if apgd:
             secs = [sum(a["seconds"] for a in x["per_attack"]) for x in apgd]
-            lines.append(f"| decisive experiment: APGD-CE + APGD-T (n = 500), {len(apgd)} runs | "
-                         f"{sum(secs) / 3600:.1f} h | {min(secs) / 60:.0f}-{max(secs) / 60:.0f} min each |")
+            lines.append(f"| decisive experiment: APGD-CE + APGD-T (n = 500), {runs(len(apgd))} | "
+                         f"{sum(secs) / 3600:.1f} h | {spread([t / 60 for t in secs], 'each')} |")
     return "\n".join(lines)
 
 
