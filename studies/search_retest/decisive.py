@@ -49,6 +49,7 @@ SEEDS_MAIN, SEEDS_OTHER = 6, 3  # the search's top cell and RobNet-large's: 6 se
 POINTS_SEED, PGD_POINTS, APGD_POINTS = 31, 2000, 500
 EPS, STEP = 8 / 255, 2 / 255
 EVAL_BLOCK = 1000  # points per evaluation block (robnets eval's default eval.block_size)
+APGD_CHUNK = 50  # AutoAttack's batch size: its state is saved after every chunk, so a stop loses at most one
 
 
 def log(message: str) -> None:
@@ -267,7 +268,8 @@ def evaluate_job(arm: dict, seed: int, folder: Path, data_dir: str, stop=None) -
 
 
 def apgd_job(arm: dict, seed: int, folder: Path, data_dir: str) -> bool:
-    """The reference AutoAttack (standard, Linf 8/255) up to APGD-T on the first 500 registered points."""
+    """The reference AutoAttack (standard, Linf 8/255) up to APGD-T on the first 500 registered points, in chunks
+    of 50 (the reference's ``bs``; each chunk seeded as the reference seeds it), each chunk's result saved."""
     from robnets.attacks import AutoAttack
     from robnets.models.loading import load_model
 
@@ -277,7 +279,7 @@ def apgd_job(arm: dict, seed: int, folder: Path, data_dir: str) -> bool:
     x, y = test_set(data_dir).select(points).batch(0, len(points))
     aa = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=0, log=lambda line: log(f"  {line}"))
     state = folder / "apgd.state.safetensors"
-    x_adv = aa.run_standard_evaluation(x, y, bs=250, state_path=state, until="apgd-t")
+    x_adv = aa.run_standard_evaluation(x, y, bs=APGD_CHUNK, state_path=state, until="apgd-t")
     linf = (x_adv - x).abs().flatten(1).amax(1).max().item()
     result = {
         "arm": arm["name"], "seed": seed, "weights_sha256": sha256_file(weights), **aa.describe(),
