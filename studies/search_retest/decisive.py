@@ -357,7 +357,14 @@ def status() -> None:
                 r = json.loads((folder / file).read_text())
                 parts.append(f"{label}: " + (f"clean {r['clean']['accuracy']:.2f} PGD-20 {r['pgd20']['accuracy']:.2f}"
                                              if label == "eval" else f"{r['robust_accuracy']:.2f}"))
-        state = "done" if job_done(arm, seed) else ("training" if (folder / "config.yaml").is_file() else "waiting")
+        if job_done(arm, seed):
+            state = "done"
+        elif (folder / "eval.json").is_file():
+            state = "apgd"
+        elif (folder / "final.safetensors").is_file():
+            state = "eval"
+        else:
+            state = "training" if (folder / "config.yaml").is_file() else "waiting"
         print(f"{folder.name:>20}  {state:>8}  {'; '.join(parts)}")
 
 
