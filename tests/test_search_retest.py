@@ -115,7 +115,7 @@ def test_the_registered_decisions_follow_their_rules(case, tmp_path, monkeypatch
 
     _fake_runs(folder, arms, pgd20, apgd)
     monkeypatch.setattr(report, "DECISIVE", folder)
-    monkeypatch.setattr(report, "BOOTSTRAP", 2000)
+    monkeypatch.setattr(report, "BOOTSTRAP", 1000)
     text = report.decisive_blocks()["decisive-decisions"]
     if case == "not all done":
         assert text.startswith("*33 of 33 runs done: no verdict") and "Kendall" not in text
