@@ -45,7 +45,8 @@ def test_the_registered_arms_follow_their_rules():
 
 
 def _report_module():
-    sys.path.insert(0, str(STUDY))
+    if str(STUDY) not in sys.path:
+        sys.path.insert(0, str(STUDY))
     import report
 
     return report
