@@ -270,16 +270,20 @@ def search_times(name: str) -> dict[str, float] | None:
             "supernet_loss_since": since}
 
 
-def train_seconds(folder: Path) -> float:
+def train_seconds(folder: Path) -> tuple[float, bool]:
     """A training run's wall time from its train.log: each process's span, summed over the resumes (validation
-    and the probe included; the time between a stop and its resume not)."""
+    and the probe included; the time between a stop and its resume not), and whether that is all of it: a
+    process ended without a logged stop counts only to its last line."""
     spans: list[list[float]] = []
+    closed: list[bool] = []
     for segment in _segments((folder / "train.log").read_text().splitlines()):
         for t, text in segment:
             if text.startswith(("training run folder", "resuming ")) or not spans:
                 spans.append([t, t])
+                closed.append(False)
             spans[-1][1] = t
-    return sum(end - start for start, end in spans)
+            closed[-1] = text.startswith(("done: ", "stopped at "))
+    return sum(end - start for start, end in spans), all(closed)
 
 
 def walltime_block() -> str:
@@ -302,7 +306,7 @@ def walltime_block() -> str:
             lines.append(f"| {SEARCHES[name]}: noise floor, 12 re-scores | {t['rescore'] / 60:.0f} min | |")
     finals = sorted((RUNS / "finalists").glob("*-seed*"))
     if finals:
-        train = [train_seconds(f) for f in finals]
+        train = [train_seconds(f)[0] for f in finals]
         aa = [_load(f / "autoattack.json")["seconds"] for f in finals if (f / "autoattack.json").is_file()]
         lines.append(f"| first finalists: training, {len(finals)} runs | {sum(train) / 60:.0f} min | "
                      f"{min(train) / 60:.1f}-{max(train) / 60:.1f} min each |")
@@ -320,10 +324,15 @@ def walltime_block() -> str:
 
     if done:
         evals = [_load(f / "eval.json") for f in done]
-        train = [train_seconds(f) for f in done]
+        timed = [train_seconds(f) for f in done]
+        whole = [t for t, complete in timed if complete]
+        cut = len(timed) - len(whole)
         ev = [e["eval_seconds"] for e in evals]
-        lines.append(f"| decisive experiment: training, {runs(len(done))} | {sum(train) / 3600:.1f} h | "
-                     f"{spread([t / 60 for t in train], 'each')}, one thread each |")
+        lines.append(f"| decisive experiment: training, {runs(len(done))} | {'at least ' if cut else ''}"
+                     f"{sum(t for t, _ in timed) / 3600:.1f} h | "
+                     + (f"{spread([t / 60 for t in whole], 'each')}, one thread each" if whole else "one thread each")
+                     + (f"; {cut} runs were cut off between log lines: they count to their last line before "
+                        f"the cut and are left out of the range" if cut else "") + " |")
         lines.append(f"| decisive experiment: clean + PGD-20, {runs(len(done))} | {sum(ev) / 60:.0f} min | |")
         apgd = [_load(f / "apgd.json") for f in done if (f / "apgd.json").is_file()]
         if apgd:
@@ -415,8 +424,7 @@ def decisive_results() -> dict | None:
                 continue
             run = {"clean": ev["clean"]["accuracy"], "pgd20": ev["pgd20"]["accuracy"],
                    "pgd_bits": unpack_bits(ev["pgd20"]["bits"], ev["pgd20"]["n"]),
-                   "clean_bits": unpack_bits(ev["clean"]["bits"], ev["clean"]["n"]),
-                   "train_seconds": train_seconds(folder)}
+                   "clean_bits": unpack_bits(ev["clean"]["bits"], ev["clean"]["n"])}
             ap = _load(folder / "apgd.json")
             if ap is not None:
                 run.update(apgd=ap["robust_accuracy"], apgd_bits=unpack_bits(ap["robust_bits"], ap["n"]))
