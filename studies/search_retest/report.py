@@ -331,8 +331,8 @@ def walltime_block() -> str:
         lines.append(f"| decisive experiment: training, {runs(len(done))} | {'at least ' if cut else ''}"
                      f"{sum(t for t, _ in timed) / 3600:.1f} h | "
                      + (f"{spread([t / 60 for t in whole], 'each')}, one thread each" if whole else "one thread each")
-                     + (f"; {cut} runs were cut off between log lines: they count to their last line before "
-                        f"the cut and are left out of the range" if cut else "") + " |")
+                     + (f"; {runs(cut)} cut off between log lines: counted to the last line before the cut and "
+                        f"left out of the range" if cut else "") + " |")
         lines.append(f"| decisive experiment: clean + PGD-20, {runs(len(done))} | {sum(ev) / 60:.0f} min | |")
         apgd = [_load(f / "apgd.json") for f in done if (f / "apgd.json").is_file()]
         if apgd:
