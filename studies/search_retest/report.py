@@ -506,7 +506,10 @@ def decisions(res: dict) -> str:
     if not res["all_done"]:
         done = sum(len(a["runs"]) for a in res["arms"].values())
         total = sum(a["seeds"] for a in res["arms"].values())
-        return f"*{done} of {total} runs done: no verdict before every run is done (registered rule).*"
+        paired = [r for a in res["arms"].values() if a["name"] in ("top1", "robnet_large") for r in a["runs"].values()]
+        apgd_total = sum(a["seeds"] for a in res["arms"].values() if a["name"] in ("top1", "robnet_large"))
+        return (f"*{done} of {total} runs done: no verdict before every run and AutoAttack evaluation is done "
+                f"(registered rule; {sum('apgd' in r for r in paired)} of {apgd_total} AutoAttack evaluations done).*")
     arms = res["arms"]
     searched = [a for a in arms.values() if a["name"] != "robnet_large"]
     scores = [a["search_adv"] for a in searched]
