@@ -506,10 +506,11 @@ def decisions(res: dict) -> str:
     if not res["all_done"]:
         done = sum(len(a["runs"]) for a in res["arms"].values())
         total = sum(a["seeds"] for a in res["arms"].values())
-        paired = [r for a in res["arms"].values() if a["name"] in ("top1", "robnet_large") for r in a["runs"].values()]
-        apgd_total = sum(a["seeds"] for a in res["arms"].values() if a["name"] in ("top1", "robnet_large"))
+        paired = [a for a in res["arms"].values() if a["name"] in ("top1", "robnet_large")]
+        apgd_done = sum("apgd" in r for a in paired for r in a["runs"].values())
+        apgd_total = sum(a["seeds"] for a in paired)
         return (f"*{done} of {total} runs done: no verdict before every run and AutoAttack evaluation is done "
-                f"(registered rule; {sum('apgd' in r for r in paired)} of {apgd_total} AutoAttack evaluations done).*")
+                f"(registered rule; {apgd_done} of {apgd_total} AutoAttack evaluations done).*")
     arms = res["arms"]
     searched = [a for a in arms.values() if a["name"] != "robnet_large"]
     scores = [a["search_adv"] for a in searched]
